@@ -1,0 +1,1 @@
+"""Video clip datasets: decoding, clip sampling, transforms and annotation parsers."""

@@ -1,0 +1,5 @@
+"""softpool3d: SoftPool for video action recognition."""
+from softpool3d.ops import SoftPool1d, SoftPool2d, SoftPool3d, soft_pool1d, soft_pool2d, soft_pool3d
+
+__all__ = ["SoftPool1d", "SoftPool2d", "SoftPool3d", "soft_pool1d", "soft_pool2d", "soft_pool3d"]
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""SoftPool: each window R is downsampled to ``sum_i exp(x_i) * x_i / sum_j exp(x_j)``.
+
+Functional forms ``soft_pool1d/2d/3d`` and modules ``SoftPool1d/2d/3d`` take the same
+arguments, with the same defaults, as ``F.avg_pool{1,2,3}d``; the output shape equals
+``avg_pool``'s, and padded positions take no part in a window.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IntOrTuple = Union[int, Sequence[int]]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _ntuple(value: IntOrTuple | None, dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * dims
+    values = tuple(value)
+    if len(values) != dims or not all(isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
+    return values
+
+
+def pooled_size(length: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output length of one pooled dimension, following ``F.avg_pool3d``'s rule."""
+    span = length + 2 * padding - kernel
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= length + padding:
+        out -= 1
+    return out
+
+
+def check_pool_args(
+    x: torch.Tensor,
+    dims: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None,
+    padding: IntOrTuple,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Validate a ``soft_pool{dims}d`` call; return ``(kernel, stride, padding)`` tuples."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"input dtype must be one of float16, bfloat16, float32, float64, got {x.dtype}")
+    if x.dim() not in (dims + 1, dims + 2):
+        raise ValueError(
+            f"soft_pool{dims}d expects a {dims + 2}-D (batched) or {dims + 1}-D (unbatched) input, "
+            f"got input of shape {tuple(x.shape)}"
+        )
+    kernel = _ntuple(kernel_size, dims, "kernel_size")
+    stride_ = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _ntuple(stride, dims, "stride")
+    pad = _ntuple(padding, dims, "padding")
+    if any(k <= 0 for k in kernel):
+        raise ValueError(f"kernel_size must be positive, got {kernel}")
+    if any(s <= 0 for s in stride_):
+        raise ValueError(f"stride must be positive, got {stride_}")
+    if any(p < 0 for p in pad):
+        raise ValueError(f"padding must be non-negative, got {pad}")
+    if any(2 * p > k for p, k in zip(pad, kernel)):
+        raise ValueError(f"padding should be at most half of kernel_size, got padding={pad}, kernel_size={kernel}")
+    sizes = x.shape[-dims:]
+    for size, k, p in zip(sizes, kernel, pad):
+        if size + 2 * p < k:
+            raise ValueError(
+                f"kernel_size {kernel} is larger than the padded input {tuple(s + 2 * q for s, q in zip(sizes, pad))}"
+            )
+    return kernel, stride_, pad
+
+
+def soft_pool_reference(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """Numerically stable SoftPool in plain PyTorch over the last ``len(kernel)`` dims.
+
+    Windows are unfolded, so memory grows with ``prod(kernel) / prod(stride)``; this is
+    the fallback when the compiled kernel is unavailable.
+    """
+    dims = len(kernel)
+    sizes = x.shape[-dims:]
+    outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(sizes, kernel, stride, padding)]
+    pads: list[int] = []
+    for size, k, st, p, out in reversed(list(zip(sizes, kernel, stride, padding, outs))):
+        right = max((out - 1) * st + k - size - p, 0)
+        pads += [p, right]
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xc = x.to(compute_dtype)
+    valid = F.pad(torch.ones_like(xc, dtype=torch.bool), pads, value=False)
+    values = F.pad(xc, pads, value=0.0)
+    for d, (k, st, out) in enumerate(zip(kernel, stride, outs)):
+        axis = x.dim() - dims + d
+        values = values.unfold(axis, k, st).narrow(axis, 0, out)
+        valid = valid.unfold(axis, k, st).narrow(axis, 0, out)
+    values = values.flatten(-dims)
+    valid = valid.flatten(-dims)
+    weights = torch.softmax(values.masked_fill(~valid, -math.inf), dim=-1)
+    return (weights * values).sum(-1).to(x.dtype)
+
+
+def _soft_pool(
+    x: torch.Tensor,
+    dims: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None,
+    padding: IntOrTuple,
+    ceil_mode: bool,
+) -> torch.Tensor:
+    kernel, stride_, pad = check_pool_args(x, dims, kernel_size, stride, padding)
+    return soft_pool_reference(x, kernel, stride_, pad, ceil_mode)
+
+
+def soft_pool1d(
+    x: torch.Tensor, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False
+) -> torch.Tensor:
+    """SoftPool over ``(N, C, L)`` or ``(C, L)``; output shape as ``F.avg_pool1d``."""
+    return _soft_pool(x, 1, kernel_size, stride, padding, ceil_mode)
+
+
+def soft_pool2d(
+    x: torch.Tensor, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False
+) -> torch.Tensor:
+    """SoftPool over ``(N, C, H, W)`` or ``(C, H, W)``; output shape as ``F.avg_pool2d``."""
+    return _soft_pool(x, 2, kernel_size, stride, padding, ceil_mode)
+
+
+def soft_pool3d(
+    x: torch.Tensor, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False
+) -> torch.Tensor:
+    """SoftPool over ``(N, C, T, H, W)`` or ``(C, T, H, W)``; output shape as ``F.avg_pool3d``."""
+    return _soft_pool(x, 3, kernel_size, stride, padding, ceil_mode)
+
+
+class _SoftPoolNd(nn.Module):
+    dims = 0
+
+    def __init__(
+        self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False
+    ) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _soft_pool(x, self.dims, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+
+
+class SoftPool1d(_SoftPoolNd):
+    """Module form of :func:`soft_pool1d`: ``(N, C, L) -> (N, C, L_out)``."""
+
+    dims = 1
+
+
+class SoftPool2d(_SoftPoolNd):
+    """Module form of :func:`soft_pool2d`: ``(N, C, H, W) -> (N, C, H_out, W_out)``."""
+
+    dims = 2
+
+
+class SoftPool3d(_SoftPoolNd):
+    """Module form of :func:`soft_pool3d`: ``(N, C, T, H, W) -> (N, C, T_out, H_out, W_out)``."""
+
+    dims = 3
