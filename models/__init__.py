@@ -1,9 +1,22 @@
 """Video action recognition backbones with SoftPool, max or avg pooling chosen by config.
 
-``build_model(name, num_classes, pool="soft", **kw)`` builds any name of ``list_models()``.
+``build_model(name, num_classes, pool="soft", **kw)`` builds any name of ``list_models()``:
+3D-ResNets and R(2+1)D (``resnet3d``), X3D (``x3d``) and SRTG networks (``srtg``).
 """
-from softpool3d.models import resnet3d  # noqa: F401  (registers r3d_* and r2plus1d_*)
+from softpool3d.models import resnet3d, srtg, x3d  # noqa: F401  (each registers its models)
 from softpool3d.models.pooling import POOL_KINDS, GlobalPool3d, make_pool3d
-from softpool3d.models.registry import build_model, list_models, register_model
+from softpool3d.models.registry import build_model, default_clip_size, list_models, register_model
+from softpool3d.models.weights import LoadReport, freeze_stages, load_pretrained
 
-__all__ = ["POOL_KINDS", "GlobalPool3d", "build_model", "list_models", "make_pool3d", "register_model"]
+__all__ = [
+    "POOL_KINDS",
+    "GlobalPool3d",
+    "LoadReport",
+    "build_model",
+    "default_clip_size",
+    "freeze_stages",
+    "list_models",
+    "load_pretrained",
+    "make_pool3d",
+    "register_model",
+]

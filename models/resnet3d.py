@@ -108,6 +108,10 @@ class ResNet3d(VideoResNet):
         """The four residual stages ``layer1..layer4``."""
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
+    def stem_and_stages(self) -> list[list[nn.Module]]:
+        """Freezing groups: ``[[stem], [layer1], ..., [layer4]]``."""
+        return [[self.stem], *([stage] for stage in self.stages())]
+
     def forward_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Run residual stage ``index`` (0-based) on ``(N, C, T, H, W)``."""
         return self.stages()[index](x)
@@ -125,13 +129,21 @@ class ResNet3d(VideoResNet):
 
 
 def _resnet(
-    block: Block, conv_maker: ConvMaker, layers: Sequence[int], r2plus1d: bool, num_classes: int, pool: str, width: int = 64, **kw: Any
+    block: Block,
+    conv_maker: ConvMaker,
+    layers: Sequence[int],
+    r2plus1d: bool,
+    num_classes: int,
+    pool: str,
+    width: int = 64,
+    model_class: Type[ResNet3d] = ResNet3d,
+    **kw: Any,
 ) -> ResNet3d:
     stem = r2plus1d_stem(width) if r2plus1d else basic_stem(width)
-    return ResNet3d(block, [conv_maker] * 4, layers, stem, num_classes, pool, width=width, **kw)
+    return model_class(block, [conv_maker] * 4, layers, stem, num_classes, pool, width=width, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r3d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-18 (torchvision ``r3d_18``): basic blocks [2, 2, 2, 2], 3x3x3 convs.
 
@@ -142,7 +154,7 @@ def r3d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(BasicBlock, Conv3DSimple, [2, 2, 2, 2], False, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-34: basic blocks [3, 4, 6, 3], 3x3x3 convs.
 
@@ -153,7 +165,7 @@ def r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(BasicBlock, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-50: bottlenecks (expansion 4) [3, 4, 6, 3], 3x3x3 convs.
 
@@ -164,7 +176,7 @@ def r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-101: bottlenecks (expansion 4) [3, 4, 23, 3], 3x3x3 convs.
 
@@ -175,7 +187,7 @@ def r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 4, 23, 3], False, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r3d_152(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-152: bottlenecks (expansion 4) [3, 8, 36, 3], 3x3x3 convs.
 
@@ -186,7 +198,7 @@ def r3d_152(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 8, 36, 3], False, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r2plus1d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """R(2+1)D-18 (torchvision ``r2plus1d_18``): basic blocks [2, 2, 2, 2], 1x3x3 + 3x1x1 convs.
 
@@ -197,7 +209,7 @@ def r2plus1d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet
     return _resnet(BasicBlock, Conv2Plus1D, [2, 2, 2, 2], True, num_classes, pool, **kw)
 
 
-@register_model
+@register_model(clip_size=(16, 112, 112))
 def r2plus1d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """R(2+1)D-34: basic blocks [3, 4, 6, 3], 1x3x3 + 3x1x1 convs.
 
