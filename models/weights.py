@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
@@ -37,7 +38,7 @@ def _read_state_dict(source: Union[str, os.PathLike, StateDict]) -> tuple[dict[s
         where = os.fspath(source)
         try:
             loaded = torch.load(where, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as error:
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise ValueError(f"cannot read weights from {where}: {error}") from error
     else:
         where, loaded = "the given state dict", source

@@ -16,6 +16,7 @@ from torch import nn
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
     from fvcore.nn.squeeze_excitation import SqueezeExcitation
+    from pytorchvideo.layers.swish import Swish
     from pytorchvideo.models.net import Net
     from pytorchvideo.models.x3d import ProjectedPool, create_x3d
 
@@ -46,7 +47,9 @@ class X3D(Net):
     bottleneck) and the global pooling of the projected head (pytorchvideo's fixed-size
     ``AvgPool3d``, which covers the whole map at the standard clip size, becomes a global
     pool over T x H x W, so any clip size works). pytorchvideo's final average over the
-    already 1x1x1 logits map is dropped. Input ``(N, 3, T, H, W)``, output ``(N, num_classes)``.
+    already 1x1x1 logits map is dropped, and its custom-autograd ``Swish`` becomes the
+    equivalent ``nn.SiLU`` (``x * sigmoid(x)``), which ``torch.compile`` traces natively.
+    Input ``(N, 3, T, H, W)``, output ``(N, num_classes)``.
     """
 
     def __init__(self, net: Net, pool: str) -> None:
@@ -58,6 +61,8 @@ class X3D(Net):
                     setattr(module, child_name, PooledSqueezeExcitation(child.block, pool))
                 elif isinstance(child, ProjectedPool):
                     child.pool = GlobalPool3d(pool)
+                elif isinstance(child, Swish):
+                    setattr(module, child_name, nn.SiLU())
         self.blocks[-1].output_pool = nn.Flatten()
 
     def stem_and_stages(self) -> list[list[nn.Module]]:
