@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softpool3d import extension
+
 IntOrTuple = Union[int, Sequence[int]]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -106,6 +108,68 @@ def soft_pool_reference(
     return (weights * values).sum(-1).to(x.dtype)
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether a 5-D tensor is laid out channels_last_3d (its output and gradient follow it)."""
+    return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+
+
+def _output_like(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    fmt = torch.channels_last_3d if _channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+@torch.library.custom_op("softpool3d::soft_pool3d_forward", mutates_args=())
+def _forward_op(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
+    """SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it."""
+    module = extension.for_device(x.device)
+    if module is None:
+        out = soft_pool_reference(x, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
+        return out.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
+    return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x))
+
+
+@_forward_op.register_fake
+def _forward_fake(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
+    sizes = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x.shape[2:], kernel, stride, padding)]
+    return _output_like(x, (*x.shape[:2], *sizes))
+
+
+@torch.library.custom_op("softpool3d::soft_pool3d_backward", mutates_args=())
+def _backward_op(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> torch.Tensor:
+    """Gradient wrt ``x`` of SoftPool, from the input ``x`` and output ``y`` only."""
+    module = extension.for_device(x.device)
+    if module is None:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            out = soft_pool_reference(leaf, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
+            (dx,) = torch.autograd.grad(out, leaf, grad)
+        return dx.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
+    return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x))
+
+
+@_backward_op.register_fake
+def _backward_fake(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> torch.Tensor:
+    return _output_like(x, x.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's callback signature)
+    x, kernel, stride, padding, ceil_mode = inputs
+    ctx.save_for_backward(x, output)
+    ctx.pool_args = (kernel, stride, padding, ceil_mode)
+
+
+def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
+    x, y = ctx.saved_tensors
+    return _backward_op(grad, x, y, *ctx.pool_args), None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def _soft_pool(
     x: torch.Tensor,
     dims: int,
@@ -115,7 +179,15 @@ def _soft_pool(
     ceil_mode: bool,
 ) -> torch.Tensor:
     kernel, stride_, pad = check_pool_args(x, dims, kernel_size, stride, padding)
-    return soft_pool_reference(x, kernel, stride_, pad, ceil_mode)
+    lead = (1,) * (3 - dims)
+    unbatched = x.dim() == dims + 1
+    x5 = x.unsqueeze(0) if unbatched else x
+    for _ in range(3 - dims):
+        x5 = x5.unsqueeze(2)
+    y = _forward_op(x5, list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad), ceil_mode)
+    for _ in range(3 - dims):
+        y = y.squeeze(2)
+    return y.squeeze(0) if unbatched else y
 
 
 def soft_pool1d(

@@ -1,0 +1,271 @@
+// CPU launcher: at::parallel_for over rows of output (or input) elements, each element
+// computed by the shared arithmetic in softpool_kernel.h.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "softpool_ops.h"
+
+namespace softpool {
+namespace {
+
+// Grain of at::parallel_for in rows, aiming at about 32k inner-loop steps per task.
+int64_t grain(int64_t row_work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_work)); }
+
+int64_t window_volume(const Geometry& g) { return g.kernel[0] * g.kernel[1] * g.kernel[2]; }
+
+at::Tensor empty_output(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt) {
+  return at::empty({x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]},
+                   x.options().memory_format(fmt));
+}
+
+// Outputs [lo, hi) along W whose windows lie wholly inside the input; their rows run as
+// loops over ow that compilers vectorise. Windows cut by padding or ceil_mode (at most a few
+// per row) go through the per-window functions of softpool_kernel.h.
+void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
+  const int64_t first = (g.pad[2] + g.stride[2] - 1) / g.stride[2];
+  const int64_t room = g.in[2] + g.pad[2] - g.kernel[2];
+  const int64_t last = room < 0 ? 0 : std::min<int64_t>(g.out[2], room / g.stride[2] + 1);
+  *lo = std::min<int64_t>(first, g.out[2]);
+  *hi = std::max<int64_t>(last, *lo);
+}
+
+// Row statistics of outputs ow in [o0, o0 + n) of output row (ot, oh), all interior along W.
+// The window values are first gathered into `vals` (taps x n, contiguous in ow) so that the
+// max, exp and sum loops run over contiguous memory and vectorise; m, s and ws receive each
+// window's max, exp-sum and exp-weighted sum, in window_forward's summation order.
+template <typename scalar_t, typename acc_t>
+struct RowStats {
+  RowStats(const Geometry& g, int64_t chunk, bool keep_exp)
+      : chunk(chunk),
+        vals(g.kernel[0] * g.kernel[1] * g.kernel[2] * chunk),
+        exps(keep_exp ? vals.size() : 0),
+        m(chunk),
+        s(chunk),
+        ws(chunk) {}
+
+  // Gathers the windows and computes m, s, ws (and exps, exp(x - m), when kept); returns the
+  // number of taps per window.
+  int64_t compute(const scalar_t* plane, at::IntArrayRef xs, const Geometry& g, int64_t ot, int64_t oh, int64_t o0,
+                  int64_t n) {
+    int64_t t0, t1, h0, h1;
+    window_range(g, 0, ot, &t0, &t1);
+    window_range(g, 1, oh, &h0, &h1);
+    const int64_t step = g.stride[2] * xs[4];
+    const int64_t w0 = o0 * g.stride[2] - g.pad[2];
+    acc_t* __restrict__ v = vals.data();
+    int64_t taps = 0;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t j = 0; j < g.kernel[2]; ++j, ++taps) {
+          const scalar_t* p = plane + t * xs[2] + h * xs[3] + (w0 + j) * xs[4];
+          acc_t* __restrict__ dst = v + taps * n;
+          for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(p[i * step]);
+        }
+    acc_t* __restrict__ mx = m.data();
+    acc_t* __restrict__ sum = s.data();
+    acc_t* __restrict__ wsum = ws.data();
+    for (int64_t i = 0; i < n; ++i) mx[i] = v[i];
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < n; ++i) mx[i] = v[k * n + i] > mx[i] ? v[k * n + i] : mx[i];
+    for (int64_t i = 0; i < n; ++i) sum[i] = wsum[i] = acc_t(0);
+    if (exps.empty()) {
+      for (int64_t k = 0; k < taps; ++k)
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t x = v[k * n + i];
+          const acc_t e = exp_nonpositive(x - mx[i]);
+          sum[i] += e;
+          wsum[i] += e * x;
+        }
+      return taps;
+    }
+    acc_t* __restrict__ ex = exps.data();
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t x = v[k * n + i];
+        const acc_t e = exp_nonpositive(x - mx[i]);
+        ex[k * n + i] = e;
+        sum[i] += e;
+        wsum[i] += e * x;
+      }
+    return taps;
+  }
+
+  int64_t chunk;
+  std::vector<acc_t> vals, exps, m, s, ws;
+};
+
+// Outputs per chunk of a row: the gathered windows of a chunk stay within about 64 KiB.
+int64_t chunk_size(const Geometry& g) {
+  return std::max<int64_t>(1, std::min<int64_t>(g.out[2], 16384 / (g.kernel[0] * g.kernel[1] * g.kernel[2])));
+}
+
+// Calls fn(ow) for the outputs outside the interior range [lo, hi).
+template <typename Fn>
+void for_each_edge(const Geometry& g, int64_t lo, int64_t hi, const Fn& fn) {
+  for (int64_t ow = 0; ow < lo; ++ow) fn(ow);
+  for (int64_t ow = hi; ow < g.out[2]; ++ow) fn(ow);
+}
+
+}  // namespace
+
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt) {
+  at::Tensor y = empty_output(x, g, fmt);
+  const int64_t channels = x.size(1);
+  const int64_t rows = x.size(0) * channels * g.out[0] * g.out[1];
+  int64_t lo, hi;
+  interior_range(g, &lo, &hi);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_cpu", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const auto xs = x.strides();
+    const auto ys = y.strides();
+    at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
+      RowStats<scalar_t, acc_t> stats(g, chunk_size(g), false);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t oh = row % g.out[1];
+        const int64_t ot = (row / g.out[1]) % g.out[0];
+        const int64_t nc = row / (g.out[1] * g.out[0]);
+        const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
+        scalar_t* out = yp + (nc / channels) * ys[0] + (nc % channels) * ys[1] + ot * ys[2] + oh * ys[3];
+        for_each_edge(g, lo, hi, [&](int64_t ow) {
+          acc_t lse;
+          const Window win = output_window(g, ot, oh, ow);
+          out[ow * ys[4]] = static_cast<scalar_t>(window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], win, &lse));
+        });
+        for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
+          const int64_t n = std::min(stats.chunk, hi - o0);
+          stats.compute(plane, xs, g, ot, oh, o0, n);
+          for (int64_t i = 0; i < n; ++i) out[(o0 + i) * ys[4]] = static_cast<scalar_t>(stats.ws[i] / stats.s[i]);
+        }
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
+                        at::MemoryFormat fmt) {
+  const int64_t channels = x.size(1);
+  const int64_t out_rows = x.size(0) * channels * g.out[0] * g.out[1];
+  const bool disjoint = windows_disjoint(g);
+  at::Tensor dx = !disjoint || windows_tile(g) ? at::empty_like(x, fmt) : at::zeros_like(x, fmt);
+  const auto xs = x.strides();
+  const auto ys = y.strides();
+  const auto gs = grad.strides();
+  const auto ds = dx.strides();
+  int64_t lo, hi;
+  interior_range(g, &lo, &hi);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_backward_cpu", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    if (disjoint) {
+      // Each input lies in one window: per output row, recompute the window statistics and
+      // write the gradient of every input of the row's windows.
+      at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
+        RowStats<scalar_t, acc_t> stats(g, chunk_size(g), true);
+        std::vector<acc_t> grads(stats.vals.size());
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t oh = row % g.out[1];
+          const int64_t ot = (row / g.out[1]) % g.out[0];
+          const int64_t n = row / (g.out[1] * g.out[0]) / channels, c = row / (g.out[1] * g.out[0]) % channels;
+          const scalar_t* plane = xp + n * xs[0] + c * xs[1];
+          scalar_t* dplane = dp + n * ds[0] + c * ds[1];
+          const scalar_t* yr = yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3];
+          const scalar_t* gr = gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3];
+          for_each_edge(g, lo, hi, [&](int64_t ow) {
+            window_backward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], dplane, ds[2], ds[3], ds[4],
+                                             output_window(g, ot, oh, ow), static_cast<acc_t>(yr[ow * ys[4]]),
+                                             static_cast<acc_t>(gr[ow * gs[4]]));
+          });
+          int64_t t0, t1, h0, h1;
+          window_range(g, 0, ot, &t0, &t1);
+          window_range(g, 1, oh, &h0, &h1);
+          for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
+            const int64_t count = std::min(stats.chunk, hi - o0);
+            const int64_t taps = stats.compute(plane, xs, g, ot, oh, o0, count);
+            acc_t* __restrict__ inv_sum = stats.m.data();
+            acc_t* __restrict__ yv = stats.ws.data();
+            acc_t* __restrict__ gv = stats.s.data();
+            for (int64_t i = 0; i < count; ++i) {
+              inv_sum[i] = acc_t(1) / gv[i];
+              yv[i] = static_cast<acc_t>(yr[(o0 + i) * ys[4]]);
+              gv[i] = static_cast<acc_t>(gr[(o0 + i) * gs[4]]);
+            }
+            const acc_t* __restrict__ v = stats.vals.data();
+            const acc_t* __restrict__ ex = stats.exps.data();
+            acc_t* __restrict__ dv = grads.data();
+            for (int64_t k = 0; k < taps; ++k)
+              for (int64_t i = 0; i < count; ++i) {
+                const int64_t at = k * count + i;
+                dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
+              }
+            const int64_t w0 = o0 * g.stride[2] - g.pad[2];
+            const int64_t dstep = g.stride[2] * ds[4];
+            int64_t k = 0;
+            for (int64_t t = t0; t < t1; ++t)
+              for (int64_t h = h0; h < h1; ++h)
+                for (int64_t j = 0; j < g.kernel[2]; ++j, ++k) {
+                  scalar_t* d = dplane + t * ds[2] + h * ds[3] + (w0 + j) * ds[4];
+                  for (int64_t i = 0; i < count; ++i) d[i * dstep] = static_cast<scalar_t>(dv[k * count + i]);
+                }
+          }
+        }
+      });
+      return;
+    }
+    // Overlapping windows: phase 1 stores each window's log-sum-exp, phase 2 gathers, for
+    // every input, the terms of the windows that contain it (no atomics, deterministic).
+    at::Tensor lse = at::empty({x.size(0), channels, g.out[0], g.out[1], g.out[2]},
+                               x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    const auto ls = lse.strides();
+    acc_t* lp = lse.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
+      RowStats<scalar_t, acc_t> stats(g, chunk_size(g), false);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t oh = row % g.out[1];
+        const int64_t ot = (row / g.out[1]) % g.out[0];
+        const int64_t nc = row / (g.out[1] * g.out[0]);
+        const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
+        acc_t* lrow = lp + row * g.out[2];
+        for_each_edge(g, lo, hi, [&](int64_t ow) {
+          window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], output_window(g, ot, oh, ow), lrow + ow);
+        });
+        for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
+          const int64_t n = std::min(stats.chunk, hi - o0);
+          stats.compute(plane, xs, g, ot, oh, o0, n);
+          for (int64_t i = 0; i < n; ++i) lrow[o0 + i] = stats.m[i] + log_positive(stats.s[i]);
+        }
+      }
+    });
+    const int64_t in_rows = x.size(0) * channels * g.in[0] * g.in[1];
+    const int64_t per_input = (g.kernel[0] / g.stride[0] + 1) * (g.kernel[1] / g.stride[1] + 1) *
+                              (g.kernel[2] / g.stride[2] + 1);
+    at::parallel_for(0, in_rows, grain(g.in[2] * per_input), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t h = row % g.in[1];
+        const int64_t t = (row / g.in[1]) % g.in[0];
+        const int64_t nc = row / (g.in[1] * g.in[0]);
+        const int64_t n = nc / channels, c = nc % channels;
+        const scalar_t* xrow = xp + n * xs[0] + c * xs[1] + t * xs[2] + h * xs[3];
+        scalar_t* drow = dp + n * ds[0] + c * ds[1] + t * ds[2] + h * ds[3];
+        const acc_t* lplane = lp + nc * ls[1];
+        const scalar_t* yplane = yp + n * ys[0] + c * ys[1];
+        const scalar_t* gplane = gp + n * gs[0] + c * gs[1];
+        for (int64_t w = 0; w < g.in[2]; ++w)
+          drow[w * ds[4]] = static_cast<scalar_t>(input_backward<scalar_t, acc_t>(
+              g, static_cast<acc_t>(xrow[w * xs[4]]), t, h, w, lplane, yplane, gplane, ls.data() + 2,
+              ys.data() + 2, gs.data() + 2));
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace softpool

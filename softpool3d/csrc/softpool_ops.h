@@ -1,0 +1,34 @@
+// Launchers of the SoftPool kernels on 5-D (N, C, T, H, W) tensors of any strides; results are
+// allocated in memory format fmt.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "softpool_kernel.h"
+
+namespace softpool {
+
+// Checks a 5-D input and the pooling arguments and returns the problem's geometry; output
+// sizes follow avg_pool3d's rule, including ceil_mode.
+Geometry make_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                       bool ceil_mode);
+
+// True when every input lies in at most one window (stride >= kernel in every dimension).
+bool windows_disjoint(const Geometry& g);
+
+// True when every input lies in exactly one window.
+bool windows_tile(const Geometry& g);
+
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
+                        at::MemoryFormat fmt);
+
+#ifdef SOFTPOOL_WITH_CUDA
+at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);
+at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
+                         at::MemoryFormat fmt);
+#endif
+
+}  // namespace softpool
