@@ -67,6 +67,7 @@ class ResNet3d(VideoResNet):
         dropout: float = 0.0,
         zero_init_residual: bool = False,
     ) -> None:
+        # VideoResNet.__init__ fixes the widths at 64..512; its _make_layer is reused as is.
         nn.Module.__init__(self)
         check_pool_kind(pool)
         if width < 1:

@@ -59,8 +59,8 @@ class SqueezeRecursion(nn.Module):
         if not self.gates:
             return recursed
         with torch.no_grad():
-            pooled, states = squeezed.detach().float(), states.detach().float()
-            passes = cycle_consistent(pooled, states) & cycle_consistent(states, pooled)
+            u, v = squeezed.detach().float(), states.detach().float()
+            passes = cycle_consistent(u, v) & cycle_consistent(v, u)
         return torch.where(passes[:, None, None, None, None], recursed, x)
 
     def extra_repr(self) -> str:

@@ -110,15 +110,11 @@ class FrozenBatchNorm3d(nn.BatchNorm3d):
 
 
 def _freeze(module: nn.Module) -> None:
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.BatchNorm3d:
-                frozen = FrozenBatchNorm3d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-                frozen.load_state_dict(child.state_dict())
-                frozen.requires_grad_(False)
-                setattr(parent, name, frozen.to(child.weight.device if child.affine else child.running_mean.device))
+    module.requires_grad_(False)
+    for submodule in module.modules():
+        if type(submodule) is nn.BatchNorm3d:
+            # FrozenBatchNorm3d only overrides train(): switching the class keeps tensors, device and keys.
+            submodule.__class__ = FrozenBatchNorm3d
     module.eval()
 
 

@@ -18,12 +18,14 @@ from softpool3d.models.complexity import PUBLISHED, count_complexity
 SPEED_CASES = {
     "cpu": [
         ("r3d_18", (8, 112, 112), {}),
+        ("r3d_18", (8, 112, 112), {"stem_pool": True}),
         ("r2plus1d_18", (8, 112, 112), {}),
         ("x3d_xs", (4, 160, 160), {}),
         ("srtg_r3d_34", (8, 112, 112), {}),
     ],
     "cuda": [
         ("r3d_18", (16, 112, 112), {}),
+        ("r3d_18", (16, 112, 112), {"stem_pool": True}),
         ("r2plus1d_18", (16, 112, 112), {}),
         ("x3d_s", (13, 160, 160), {}),
         ("x3d_m", (16, 224, 224), {}),
@@ -47,13 +49,13 @@ def complexity_table() -> str:
 
 
 def speed_table(device: str, batch: int, repeats: int, channels_last: bool) -> str:
-    rows = ["| model | clip (T x H x W) | batch | soft (ms/clip) | max (ms/clip) | avg (ms/clip) | soft / max | soft / avg |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | options | clip (T x H x W) | batch | soft (ms/clip) | max (ms/clip) | avg (ms/clip) | soft / max | soft / avg |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, clip, kw in SPEED_CASES["cuda" if device.startswith("cuda") else "cpu"]:
         timing = time_train_step(name, clip, batch, device=device, repeats=repeats, channels_last=channels_last, **kw)
         s = timing.seconds
         rows.append(
-            f"| {name} | {'x'.join(map(str, clip))} | {batch} | {s['soft'] * 1e3:.1f} | {s['max'] * 1e3:.1f} "
+            f"| {name} | {', '.join(f'{k}={v}' for k, v in kw.items()) or '-'} | {'x'.join(map(str, clip))} | {batch} | {s['soft'] * 1e3:.1f} | {s['max'] * 1e3:.1f} "
             f"| {s['avg'] * 1e3:.1f} | {s['soft'] / s['max']:.2f} | {s['soft'] / s['avg']:.2f} |"
         )
     return "\n".join(rows)
