@@ -6,6 +6,7 @@ arguments, with the same defaults, as ``F.avg_pool{1,2,3}d``; the output shape e
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence, Union
 
@@ -75,6 +76,35 @@ def check_pool_args(
     return kernel, stride_, pad
 
 
+def _padded(
+    x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """``x`` in its compute dtype padded so every window fits, a mask of its real positions,
+    the output sizes and the ``F.pad`` amounts."""
+    dims = len(kernel)
+    sizes = x.shape[-dims:]
+    outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(sizes, kernel, stride, padding)]
+    pads: list[int] = []
+    for size, k, st, p, out in reversed(list(zip(sizes, kernel, stride, padding, outs))):
+        pads += [p, max((out - 1) * st + k - size - p, 0)]
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xc = x.to(compute_dtype)
+    return F.pad(xc, pads, value=0.0), F.pad(torch.ones_like(xc, dtype=torch.bool), pads, value=False), outs, pads
+
+
+def _windows(
+    x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unfolded windows ``(..., *out, prod(kernel))`` of ``x`` and of its mask of real positions."""
+    values, valid, outs, _ = _padded(x, kernel, stride, padding, ceil_mode)
+    dims = len(kernel)
+    for d, (k, st, out) in enumerate(zip(kernel, stride, outs)):
+        axis = x.dim() - dims + d
+        values = values.unfold(axis, k, st).narrow(axis, 0, out)
+        valid = valid.unfold(axis, k, st).narrow(axis, 0, out)
+    return values.flatten(-dims), valid.flatten(-dims)
+
+
 def soft_pool_reference(
     x: torch.Tensor,
     kernel: tuple[int, ...],
@@ -87,25 +117,36 @@ def soft_pool_reference(
     Windows are unfolded, so memory grows with ``prod(kernel) / prod(stride)``; this is
     the fallback when the compiled kernel is unavailable.
     """
-    dims = len(kernel)
-    sizes = x.shape[-dims:]
-    outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(sizes, kernel, stride, padding)]
-    pads: list[int] = []
-    for size, k, st, p, out in reversed(list(zip(sizes, kernel, stride, padding, outs))):
-        right = max((out - 1) * st + k - size - p, 0)
-        pads += [p, right]
-    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    xc = x.to(compute_dtype)
-    valid = F.pad(torch.ones_like(xc, dtype=torch.bool), pads, value=False)
-    values = F.pad(xc, pads, value=0.0)
-    for d, (k, st, out) in enumerate(zip(kernel, stride, outs)):
-        axis = x.dim() - dims + d
-        values = values.unfold(axis, k, st).narrow(axis, 0, out)
-        valid = valid.unfold(axis, k, st).narrow(axis, 0, out)
-    values = values.flatten(-dims)
-    valid = valid.flatten(-dims)
+    values, valid = _windows(x, kernel, stride, padding, ceil_mode)
     weights = torch.softmax(values.masked_fill(~valid, -math.inf), dim=-1)
     return (weights * values).sum(-1).to(x.dtype)
+
+
+def soft_pool_reference_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """Gradient of :func:`soft_pool_reference` wrt ``x`` without autograd (usable inside a
+    custom op): ``dx_i = sum over windows w containing i of g_w exp(x_i - lse_w) (1 + x_i - y_w)``."""
+    values, valid = _windows(x, kernel, stride, padding, ceil_mode)
+    lse = torch.logsumexp(values.masked_fill(~valid, -math.inf), dim=-1)
+    padded, mask, outs, pads = _padded(x, kernel, stride, padding, ceil_mode)
+    g = grad.to(padded.dtype)
+    yc = y.to(padded.dtype)
+    dx = torch.zeros_like(padded)
+    dims = len(kernel)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        index = (Ellipsis, *(slice(o, o + st * (n - 1) + 1, st) for o, st, n in zip(offset, stride, outs)))
+        xi = padded[index]
+        dx[index] += torch.where(mask[index], g * torch.exp(xi - lse) * (1 + xi - yc), 0.0)
+    unpad = (Ellipsis, *(slice(pads[2 * (dims - 1 - d)], padded.shape[-dims + d] - pads[2 * (dims - 1 - d) + 1])
+                         for d in range(dims)))
+    return dx[unpad].to(x.dtype)
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -141,10 +182,7 @@ def _backward_op(
     """Gradient wrt ``x`` of SoftPool, from the input ``x`` and output ``y`` only."""
     module = extension.for_device(x.device)
     if module is None:
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_()
-            out = soft_pool_reference(leaf, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
-            (dx,) = torch.autograd.grad(out, leaf, grad)
+        dx = soft_pool_reference_backward(grad, x, y, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
         return dx.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
     return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x))
 

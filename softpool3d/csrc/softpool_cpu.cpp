@@ -35,7 +35,7 @@ void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
 // Row statistics of outputs ow in [o0, o0 + n) of output row (ot, oh), all interior along W.
 // The window values are first gathered into `vals` (taps x n, contiguous in ow) so that the
 // max, exp and sum loops run over contiguous memory and vectorise; m, s and ws receive each
-// window's max, exp-sum and exp-weighted sum, in window_forward's summation order.
+// window's max m, sum exp(x - m) and sum exp(x - m) (x - m), in window_forward's order.
 template <typename scalar_t, typename acc_t>
 struct RowStats {
   RowStats(const Geometry& g, int64_t chunk, bool keep_exp)
@@ -77,7 +77,7 @@ struct RowStats {
           const acc_t x = v[k * n + i];
           const acc_t e = exp_nonpositive(x - mx[i]);
           sum[i] += e;
-          wsum[i] += e * x;
+          wsum[i] += e * (x - mx[i]);
         }
       return taps;
     }
@@ -88,7 +88,7 @@ struct RowStats {
         const acc_t e = exp_nonpositive(x - mx[i]);
         ex[k * n + i] = e;
         sum[i] += e;
-        wsum[i] += e * x;
+        wsum[i] += e * (x - mx[i]);
       }
     return taps;
   }
@@ -139,7 +139,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
         for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
           const int64_t n = std::min(stats.chunk, hi - o0);
           stats.compute(plane, xs, g, ot, oh, o0, n);
-          for (int64_t i = 0; i < n; ++i) out[(o0 + i) * ys[4]] = static_cast<scalar_t>(stats.ws[i] / stats.s[i]);
+          for (int64_t i = 0; i < n; ++i) out[(o0 + i) * ys[4]] = static_cast<scalar_t>(stats.m[i] + stats.ws[i] / stats.s[i]);
         }
       }
     });

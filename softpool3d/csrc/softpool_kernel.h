@@ -1,8 +1,9 @@
 // SoftPool arithmetic shared by the CPU (softpool_cpu.cpp) and CUDA (softpool_cuda.cu) kernels.
 //
-// A window R of a (T, H, W) plane is pooled to y = sum_i w_i x_i with softmax weights
+// A window R of a (T, H, W) plane is pooled to y = m + sum_i w_i (x_i - m) with softmax weights
 // w_i = exp(x_i - lse), lse = m + log(sum_j exp(x_j - m)) and m the window max, so no exp
-// argument is ever positive and no finite input overflows. Half types accumulate in float.
+// argument is ever positive, every term of the sums is bounded and no finite input overflows.
+// Half types accumulate in float.
 // Backward, from the saved input and output only: dL/dx_i = sum_{R containing i} g_R w_i (1 + x_i - y_R).
 #pragma once
 
@@ -156,11 +157,11 @@ SP_HD acc_t window_forward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw
         const acc_t v = static_cast<acc_t>(row[w * sw]);
         const acc_t e = exp_nonpositive(v - m);
         sum += e;
-        weighted += e * v;
+        weighted += e * (v - m);
       }
     }
   *lse = m + log_positive(sum);
-  return weighted / sum;
+  return m + weighted / sum;
 }
 
 // Gradient contribution g w_i (1 + x_i - y) of one window with output y and incoming gradient g
