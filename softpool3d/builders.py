@@ -1,0 +1,73 @@
+"""Datasets, models and autocast contexts built from a run config (the one place that maps config to objects)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import ContextManager
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_data(cfg: DictConfig) -> None:
+    """Generate the demo videos into ``data.root`` when ``data.make_demo`` is set (idempotent)."""
+    if cfg.data.make_demo:
+        from softpool3d.datasets import make_demo_dataset
+
+        make_demo_dataset(Path(cfg.data.root))
+
+
+def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1):
+    """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry."""
+    from softpool3d.datasets import build_dataset as build
+
+    data = cfg.data
+    return build(
+        data.dataset,
+        data.root,
+        split,
+        train=train,
+        annotations=data.annotations,
+        fold=data.fold,
+        num_frames=data.num_frames,
+        sampling_rate=data.sampling_rate,
+        num_clips=num_clips,
+        num_crops=num_crops,
+        crop_size=data.crop_size,
+        train_scale=tuple(data.train_scale),
+        test_scale=data.test_scale,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The ``model`` section's network with a ``num_classes``-way head; ``pretrained`` weights and
+    ``freeze_stages`` applied (a new head is kept when the class count differs)."""
+    from softpool3d.models import build_model as build
+    from softpool3d.models import freeze_stages, load_pretrained
+
+    kwargs = {"dropout": cfg.model.dropout}
+    if cfg.model.width is not None:
+        kwargs["width"] = cfg.model.width
+    model = build(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
+    if cfg.model.pretrained:
+        report = load_pretrained(model, cfg.model.pretrained)
+        if report.missing_keys:
+            logger.warning("pretrained %s left %d keys untouched: %s", cfg.model.pretrained,
+                           len(report.missing_keys), report.missing_keys[:5])
+    if cfg.model.freeze_stages:
+        freeze_stages(model, cfg.model.freeze_stages)
+    return model
+
+
+def autocast(device: torch.device, amp: str) -> ContextManager:
+    """Mixed precision for ``amp`` in {"none", "bf16", "fp16"} on ``device``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
