@@ -75,6 +75,7 @@ class TrainConfig:
     """The training loop."""
 
     epochs: int = 10
+    limit_steps_per_epoch: int = 0
     device: str = "auto"
     amp: str = "none"
     label_smoothing: float = 0.0

@@ -83,10 +83,14 @@ def seed_everything(seed: int) -> None:
 
 
 def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer's bytes, in state-dict order (equal digests = equal weights)."""
+    """SHA-256 of every parameter's bytes, in order (equal digests = equal weights).
+
+    Buffers are left out: under DDP each rank's BatchNorm statistics follow its own batches
+    until the next forward pass broadcasts rank 0's.
+    """
     digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for tensor in model.parameters():
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -127,6 +131,8 @@ class _Trainer:
             drop_last=True, pin_memory=self.device.type == "cuda", generator=self.generator,
         )
         self.steps_per_epoch = self.sampler.num_samples // cfg.data.batch_size // cfg.train.accumulate
+        if cfg.train.limit_steps_per_epoch > 0:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.limit_steps_per_epoch)
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"{len(self.train_set)} training clips over {dist_info.world_size} processes do not fill one step of "
@@ -211,12 +217,18 @@ class _Trainer:
         if self.writer is not None:
             self.writer.close()
         best = self.checkpoint_dir / "best.pt"
-        return TrainResult(
+        result = TrainResult(
             run_dir=self.run_dir, last_checkpoint=last, best_checkpoint=best if best.is_file() else None,
             tensorboard_dir=self.tensorboard_dir, step=self.state.step,
             clips_per_s=self.state.clips / self.state.seconds if self.state.seconds else 0.0,
             val_top1=val_top1, test=test,
         )
+        if self.dist.is_main:
+            summary = {"step": result.step, "world_size": self.dist.world_size, "clips_per_s": result.clips_per_s,
+                       "val_top1": val_top1, "test_top1": test.top1 if test else None,
+                       "test_top5": test.top5 if test else None}
+            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        return result
 
     def _train_epoch(self) -> None:
         cfg, state = self.cfg, self.state

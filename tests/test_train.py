@@ -1,4 +1,5 @@
-"""The training loop in one process on synthetic clips: files written, NaN policy, exact resume in-process."""
+"""The training loop in one process on synthetic clips: files written, NaN policy, resume, fine-tuning."""
+import json
 import math
 
 import pytest
@@ -89,6 +90,21 @@ def test_train_writes_checkpoints_config_tensorboard_and_predictions(tmp_path, s
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "test" / "predictions.csv").read_text().count("\n") == 12 + 1
     assert result.test.num_videos == 12 and (result.test.views == 2).all()
+    assert json.loads((run / "metrics.json").read_text())["test_top1"] == result.test.top1
+
+
+def test_fine_tuning_loads_backbone_new_head_and_freezes_stages(tmp_path, synthetic):
+    source = train(_cfg(tmp_path / "src", "train.epochs=1", "train.test_after_train=false")).last_checkpoint
+    pretrained = load_checkpoint(source)["model"]
+    cfg = _cfg(tmp_path / "ft", "train.epochs=1", "train.test_after_train=false", f"model.pretrained={source}",
+               "model.freeze_stages=2")
+    model = builders.build_model(cfg, num_classes=5)
+    assert model.fc.weight.shape == (5, 32)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in pretrained.items() if not k.startswith("fc."))
+    tuned = load_checkpoint(train(cfg).last_checkpoint)["model"]
+    frozen = [k for k in pretrained if k.startswith(("stem.", "layer1."))]
+    assert frozen and all(torch.equal(tuned[k], pretrained[k]) for k in frozen)
+    assert not torch.equal(tuned["layer2.0.conv1.0.weight"], pretrained["layer2.0.conv1.0.weight"])
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, synthetic):

@@ -1,0 +1,71 @@
+"""Multi-view evaluation against a hand-computed reference; sharding covers every item once; metrics."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from softpool3d.distributed import DistInfo, ShardSampler
+from softpool3d.evaluate import evaluate, write_predictions
+from softpool3d.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
+
+
+class Views(Dataset):
+    """``num_videos x num_views`` items whose "clip" is a random logit vector, so the model is the identity."""
+
+    def __init__(self, num_videos=7, num_views=3, num_classes=6):
+        self.classes = [f"c{i}" for i in range(num_classes)]
+        self.num_videos, self.num_views = num_videos, num_views
+        self.logits = torch.randn(num_videos * num_views, num_classes, generator=torch.Generator().manual_seed(0))
+        self.labels = torch.arange(num_videos) % num_classes
+
+    def __len__(self):
+        return self.num_videos * self.num_views
+
+    def __getitem__(self, index):
+        return self.logits[index], int(self.labels[index // self.num_views]), index // self.num_views
+
+
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+def test_softmax_is_averaged_over_each_videos_views():
+    data = Views()
+    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4)
+    reference = data.logits.double().softmax(1).reshape(data.num_videos, data.num_views, -1).mean(1)
+    torch.testing.assert_close(result.probabilities, reference, rtol=1e-6, atol=1e-7)
+    assert torch.equal(result.labels, data.labels) and (result.views == 3).all()
+    predicted = reference.argmax(1)
+    assert result.top1 == pytest.approx((predicted == data.labels).double().mean().item())
+
+
+@pytest.mark.parametrize("length,world", [(10, 2), (11, 2), (7, 3), (2, 4)])
+def test_shards_cover_every_item_exactly_once(length, world):
+    seen = sorted(i for rank in range(world) for i in ShardSampler(length, rank, world))
+    assert seen == list(range(length))
+
+
+def test_topk_and_confusion_match_loops():
+    scores = torch.randn(50, 7, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 7, (50,), generator=torch.Generator().manual_seed(2))
+    order = scores.argsort(1, descending=True).tolist()
+    for k, count in zip((1, 3, 9), topk_correct(scores, labels, (1, 3, 9))):
+        assert count == sum(labels[i].item() in order[i][:k] for i in range(50))
+    matrix = confusion_matrix(scores.argmax(1), labels, 7)
+    loop = torch.zeros(7, 7, dtype=torch.int64)
+    for truth, guess in zip(labels.tolist(), scores.argmax(1).tolist()):
+        loop[truth, guess] += 1
+    assert torch.equal(matrix, loop)
+    torch.testing.assert_close(per_class_accuracy(matrix), loop.diagonal().double() / loop.sum(1).double())
+    image = confusion_image(matrix)
+    assert image.shape[0] == 3 and image.shape[1] == image.shape[2] and 0 <= image.min() and image.max() <= 1
+
+
+def test_predictions_files_hold_every_video(tmp_path):
+    result = evaluate(torch.nn.Identity(), Views(), CPU, batch_size=5)
+    csv_path, json_path = write_predictions(result, tmp_path)
+    assert csv_path.read_text().count("\n") == 7 + 1
+    summary = json.loads(json_path.read_text())
+    assert summary["num_videos"] == 7 and len(summary["predictions"]) == 7
+    assert summary["top1"] == pytest.approx(result.top1)
+    assert sorted(row["video_index"] for row in summary["predictions"]) == list(range(7))
