@@ -1,0 +1,136 @@
+"""A small synthetic action set, written as real H.264 mp4 files in UCF-101 layout.
+
+Eight classes of motion: a shape moving left, right, up or down, a bar rotating clockwise or
+counter-clockwise, and a disc growing or shrinking, each over a noisy background with random
+colours, sizes, speeds and start positions. Seeded, so the same arguments give the same files.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Union
+
+import av
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEMO_CLASSES = (
+    "MoveLeft",
+    "MoveRight",
+    "MoveUp",
+    "MoveDown",
+    "RotateClockwise",
+    "RotateCounterclockwise",
+    "Grow",
+    "Shrink",
+)
+
+_COMPLETE = ".complete"
+
+
+def write_video(path: Union[str, Path], frames: np.ndarray, fps: int = 25, codec: str = "libx264") -> None:
+    """Encode uint8 frames ``(T, H, W, 3)`` (RGB, even H and W) to ``path`` with PyAV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _shape_mask(kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, size: float, angle: float) -> np.ndarray:
+    if kind == "disc":
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= size**2
+    if kind == "square":
+        return (np.abs(yy - cy) <= size) & (np.abs(xx - cx) <= size)
+    dy, dx = math.sin(angle), math.cos(angle)
+    along = np.clip((yy - cy) * dy + (xx - cx) * dx, -size, size)
+    return (yy - cy - along * dy) ** 2 + (xx - cx - along * dx) ** 2 <= (size / 4) ** 2
+
+
+_MOVES = {"MoveLeft": (0, -1), "MoveRight": (0, 1), "MoveUp": (-1, 0), "MoveDown": (1, 0)}
+
+
+def _start_along(direction: int, size: int, margin: float, travel: float, rng: np.random.Generator) -> float:
+    """A start coordinate from which moving ``travel`` pixels in ``direction`` stays in frame."""
+    if direction > 0:
+        return rng.uniform(margin, size - margin - travel)
+    if direction < 0:
+        return rng.uniform(margin + travel, size - margin)
+    return rng.uniform(margin, size - margin)
+
+
+def render_action(action: str, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames ``(T, size, size, 3)`` uint8 of one random instance of ``action``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    background = rng.integers(0, 90, 3).astype(np.float32)
+    colour = rng.integers(150, 256, 3).astype(np.float32)
+    centre = rng.uniform(size * 0.4, size * 0.6, 2)
+    if action in _MOVES:
+        kind, extent = str(rng.choice(["disc", "square"])), size * rng.uniform(0.08, 0.14)
+        travel = size * rng.uniform(0.35, 0.5)
+        dy, dx = _MOVES[action]
+        start = np.array([_start_along(d, size, extent + 1, travel, rng) for d in (dy, dx)])
+        positions = [start + np.array([dy, dx]) * travel * t / (num_frames - 1) for t in range(num_frames)]
+        shapes = [(kind, p, extent, 0.0) for p in positions]
+    elif action.startswith("Rotate"):
+        spin = rng.uniform(0.12, 0.2) * (1 if action == "RotateClockwise" else -1)
+        angle, extent = rng.uniform(0, math.pi), size * rng.uniform(0.2, 0.3)
+        shapes = [("bar", centre, extent, angle + spin * t) for t in range(num_frames)]
+    else:
+        small, large = size * rng.uniform(0.05, 0.08), size * rng.uniform(0.25, 0.32)
+        first, last = (small, large) if action == "Grow" else (large, small)
+        shapes = [("disc", centre, first + (last - first) * t / (num_frames - 1), 0.0) for t in range(num_frames)]
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for t, (kind, (cy, cx), extent, angle) in enumerate(shapes):
+        image = background + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
+        image[_shape_mask(kind, yy, xx, cy, cx, extent, angle)] = colour
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_demo_dataset(
+    root: Union[str, Path],
+    *,
+    seed: int = 0,
+    videos_per_class: int = 24,
+    test_per_class: int = 8,
+    num_frames: int = 16,
+    size: int = 64,
+    fps: int = 25,
+) -> Path:
+    """Write the demo set under ``root`` in UCF-101 layout and return ``root``.
+
+    ``root/classInd.txt``, ``root/trainlist01.txt``, ``root/testlist01.txt`` and videos
+    ``root/<Class>/v_<Class>_gXX_cYY.mp4`` (group XX = one instance; the last
+    ``test_per_class`` groups of each class form the test list). Does nothing if ``root``
+    already holds a complete set.
+    """
+    root = Path(root)
+    if (root / _COMPLETE).is_file():
+        return root
+    if not 0 < test_per_class < videos_per_class:
+        raise ValueError(f"test_per_class must be in 1..{videos_per_class - 1}, got {test_per_class}")
+    rng = np.random.default_rng(seed)
+    train_lines, test_lines = [], []
+    for label, action in enumerate(DEMO_CLASSES, 1):
+        for group in range(1, videos_per_class + 1):
+            relative = f"{action}/v_{action}_g{group:02d}_c01.mp4"
+            write_video(root / relative, render_action(action, num_frames, size, rng), fps)
+            if group <= videos_per_class - test_per_class:
+                train_lines.append(f"{relative} {label}")
+            else:
+                test_lines.append(relative)
+    (root / "classInd.txt").write_text("".join(f"{i} {a}\n" for i, a in enumerate(DEMO_CLASSES, 1)))
+    (root / "trainlist01.txt").write_text("\n".join(train_lines) + "\n")
+    (root / "testlist01.txt").write_text("\n".join(test_lines) + "\n")
+    (root / _COMPLETE).touch()
+    logger.info("wrote the demo set (%d videos) to %s", len(train_lines) + len(test_lines), root)
+    return root

@@ -1,0 +1,45 @@
+"""Which frames make a clip: one random clip for training, uniformly spaced views for testing."""
+from __future__ import annotations
+
+import random
+
+
+def clip_span(num_frames: int, sampling_rate: int) -> int:
+    """Frames covered by a clip of ``num_frames`` frames taken every ``sampling_rate`` frames."""
+    return (num_frames - 1) * sampling_rate + 1
+
+
+def _clip_at(start: int, total: int, num_frames: int, sampling_rate: int) -> list[int]:
+    """Indices from ``start``; a video shorter than the clip is looped."""
+    return [(start + k * sampling_rate) % total for k in range(num_frames)]
+
+
+def random_clip(total: int, num_frames: int, sampling_rate: int, rng: random.Random | None = None) -> list[int]:
+    """One clip at a uniformly random start, for training."""
+    rng = rng or random
+    room = max(total - clip_span(num_frames, sampling_rate), 0)
+    return _clip_at(rng.randint(0, room), total, num_frames, sampling_rate)
+
+
+def uniform_clips(total: int, num_frames: int, sampling_rate: int, num_clips: int) -> list[list[int]]:
+    """``num_clips`` clips with starts spread evenly over the video (one: the centre), for testing."""
+    room = max(total - clip_span(num_frames, sampling_rate), 0)
+    if num_clips == 1:
+        starts = [room // 2]
+    else:
+        starts = [round(room * k / (num_clips - 1)) for k in range(num_clips)]
+    return [_clip_at(start, total, num_frames, sampling_rate) for start in starts]
+
+
+def crop_offsets(size: tuple[int, int], crop: int, num_crops: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``num_crops`` (1: centre, 3: start/centre/end of the long side) crops."""
+    height, width = size
+    centre = ((height - crop) // 2, (width - crop) // 2)
+    if num_crops == 1:
+        return [centre]
+    if num_crops != 3:
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    if width >= height:
+        return [(centre[0], 0), centre, (centre[0], width - crop)]
+    return [(0, centre[1]), centre, (height - crop, centre[1])]
+

@@ -1,0 +1,71 @@
+"""Clip transforms on ``torchvision.transforms.v2`` video tensors.
+
+Frames come in as uint8 ``(T, H, W, 3)`` and leave as normalized float ``(C, T, H, W)``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from softpool3d.datasets.sampling import crop_offsets
+
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+
+def _to_video(frames: torch.Tensor) -> tv_tensors.Video:
+    """uint8 ``(T, H, W, 3)`` -> ``Video`` ``(T, 3, H, W)``."""
+    return tv_tensors.Video(frames.permute(0, 3, 1, 2))
+
+
+def _to_clip(video: torch.Tensor) -> torch.Tensor:
+    """float ``(T, C, H, W)`` -> plain ``(C, T, H, W)``."""
+    return video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+
+
+class TrainTransform:
+    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, normalize."""
+
+    def __init__(
+        self, crop_size: int, scale: Sequence[int], mean: Sequence[float], std: Sequence[float], hflip: bool = True
+    ) -> None:
+        low, high = int(scale[0]), int(scale[1])
+        if not crop_size <= low <= high:
+            raise ValueError(f"train_scale must satisfy crop_size <= low <= high, got {tuple(scale)} and crop {crop_size}")
+        steps = [
+            v2.RandomShortestSize(min_size=list(range(low, high + 1)), antialias=True),
+            v2.RandomCrop(crop_size),
+        ]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``."""
+        return _to_clip(self.transform(_to_video(frames)))
+
+
+class TestTransform:
+    """Short-side resize to ``scale``, then one of ``num_crops`` crops (1: centre, 3: along the long side)."""
+
+    def __init__(self, crop_size: int, scale: int, mean: Sequence[float], std: Sequence[float], num_crops: int = 1) -> None:
+        if scale < crop_size:
+            raise ValueError(f"test_scale {scale} is smaller than crop_size {crop_size}")
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        self.crop_size = crop_size
+        self.num_crops = num_crops
+        self.resize = v2.Resize(scale, antialias=True)
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+    def __call__(self, frames: torch.Tensor, crop_index: int = 0) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)`` for crop ``crop_index``."""
+        video = self.resize(_to_video(frames))
+        top, left = crop_offsets(tuple(video.shape[-2:]), self.crop_size, self.num_crops)[crop_index]
+        video = TF.crop(video, top, left, self.crop_size, self.crop_size)
+        return _to_clip(self.normalize(video))
