@@ -166,7 +166,7 @@ def _forward_op(x: torch.Tensor, kernel: list[int], stride: list[int], padding: 
     if module is None:
         out = soft_pool_reference(x, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
         return out.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
-    return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x))
+    return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x), False)
 
 
 @_forward_op.register_fake
@@ -184,7 +184,7 @@ def _backward_op(
     if module is None:
         dx = soft_pool_reference_backward(grad, x, y, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
         return dx.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
-    return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x))
+    return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x), False)
 
 
 @_backward_op.register_fake

@@ -48,7 +48,7 @@ import sys, torch
 from softpool3d import extension
 module = extension.build(with_cuda=False)
 x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)
-y = module.forward(x, [2, 2, 2], [2, 2, 2], [0, 0, 0], False, False)
+y = module.forward(x, [2, 2, 2], [2, 2, 2], [0, 0, 0], False, False, False)
 expected = (x.unfold(2, 2, 2).unfold(3, 2, 2).unfold(4, 2, 2).flatten(-3).softmax(-1)
             * x.unfold(2, 2, 2).unfold(3, 2, 2).unfold(4, 2, 2).flatten(-3)).sum(-1)
 sys.exit(0 if torch.allclose(y, expected) else 3)

@@ -1,6 +1,7 @@
-// Python binding: forward(x, kernel, stride, padding, ceil_mode, channels_last) and
-// backward(grad, x, y, kernel, stride, padding, ceil_mode, channels_last); channels_last picks
-// the memory format of the result.
+// Python binding: forward(x, kernel, stride, padding, ceil_mode, channels_last, per_element) and
+// backward(grad, x, y, kernel, stride, padding, ceil_mode, channels_last, per_element);
+// channels_last picks the memory format of the result; per_element makes the CPU run the CUDA
+// kernel's per-element scheme (CUDA tensors always do).
 // Device dispatch happens here; the autograd and torch.library registration live in ops.py.
 #include <torch/extension.h>
 
@@ -44,7 +45,7 @@ bool windows_tile(const Geometry& g) {
 }
 
 at::Tensor forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
-                   std::vector<int64_t> padding, bool ceil_mode, bool channels_last) {
+                   std::vector<int64_t> padding, bool ceil_mode, bool channels_last, bool per_element) {
   const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
   const at::MemoryFormat fmt = channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
   if (x.is_cuda()) {
@@ -54,11 +55,12 @@ at::Tensor forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return forward_cpu(x, g, fmt);
+  return forward_cpu(x, g, fmt, per_element);
 }
 
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, std::vector<int64_t> kernel,
-                    std::vector<int64_t> stride, std::vector<int64_t> padding, bool ceil_mode, bool channels_last) {
+                    std::vector<int64_t> stride, std::vector<int64_t> padding, bool ceil_mode, bool channels_last,
+                    bool per_element) {
   const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
   const at::MemoryFormat fmt = channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
   TORCH_CHECK(grad.sizes() == y.sizes(), "softpool: grad shape ", grad.sizes(), " differs from output ", y.sizes());
@@ -69,7 +71,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return backward_cpu(grad, x, y, g, fmt);
+  return backward_cpu(grad, x, y, g, fmt, per_element);
 }
 
 }  // namespace softpool

@@ -1,5 +1,6 @@
-// CPU launcher: at::parallel_for over rows of output (or input) elements, each element
-// computed by the shared arithmetic in softpool_kernel.h.
+// CPU launcher. Rows of windows run as loops over ow that compilers vectorise, with the
+// element arithmetic of softpool_kernel.h; with per_element, every window and input goes
+// through the same per-element functions, in the same scheme, as the CUDA kernel (for tests).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -111,12 +112,12 @@ void for_each_edge(const Geometry& g, int64_t lo, int64_t hi, const Fn& fn) {
 
 }  // namespace
 
-at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt) {
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool per_element) {
   at::Tensor y = empty_output(x, g, fmt);
   const int64_t channels = x.size(1);
   const int64_t rows = x.size(0) * channels * g.out[0] * g.out[1];
-  int64_t lo, hi;
-  interior_range(g, &lo, &hi);
+  int64_t lo = 0, hi = 0;
+  if (!per_element) interior_range(g, &lo, &hi);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_cpu", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -147,27 +148,80 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
   return y;
 }
 
+namespace {
+
+// Backward of output row (ot, oh) of one (n, c) plane: for every input of the row's windows,
+// writes (or, when accumulate, adds) its gradient into out (strides os); out_t is the type of
+// dx, or acc_t when accumulating over overlapping windows.
+template <typename scalar_t, typename acc_t, typename out_t>
+void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, const scalar_t* plane, at::IntArrayRef xs,
+                  const scalar_t* yr, int64_t ystep, const scalar_t* gr, int64_t gstep, out_t* out, const int64_t* os,
+                  const Geometry& g, int64_t ot, int64_t oh, int64_t lo, int64_t hi, bool accumulate) {
+  for_each_edge(g, lo, hi, [&](int64_t ow) {
+    window_backward<scalar_t, acc_t, out_t>(plane, xs[2], xs[3], xs[4], out, os[0], os[1], os[2],
+                                            output_window(g, ot, oh, ow), static_cast<acc_t>(yr[ow * ystep]),
+                                            static_cast<acc_t>(gr[ow * gstep]), accumulate);
+  });
+  int64_t t0, t1, h0, h1;
+  window_range(g, 0, ot, &t0, &t1);
+  window_range(g, 1, oh, &h0, &h1);
+  for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
+    const int64_t count = std::min(stats.chunk, hi - o0);
+    const int64_t taps = stats.compute(plane, xs, g, ot, oh, o0, count);
+    acc_t* __restrict__ inv_sum = stats.m.data();
+    acc_t* __restrict__ yv = stats.ws.data();
+    acc_t* __restrict__ gv = stats.s.data();
+    for (int64_t i = 0; i < count; ++i) {
+      inv_sum[i] = acc_t(1) / gv[i];
+      yv[i] = static_cast<acc_t>(yr[(o0 + i) * ystep]);
+      gv[i] = static_cast<acc_t>(gr[(o0 + i) * gstep]);
+    }
+    const acc_t* __restrict__ v = stats.vals.data();
+    const acc_t* __restrict__ ex = stats.exps.data();
+    acc_t* __restrict__ dv = grads.data();
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t at = k * count + i;
+        dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
+      }
+    const int64_t w0 = o0 * g.stride[2] - g.pad[2];
+    const int64_t step = g.stride[2] * os[2];
+    int64_t k = 0;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t j = 0; j < g.kernel[2]; ++j, ++k) {
+          out_t* d = out + t * os[0] + h * os[1] + (w0 + j) * os[2];
+          if (accumulate) {
+            for (int64_t i = 0; i < count; ++i) d[i * step] += static_cast<out_t>(dv[k * count + i]);
+          } else {
+            for (int64_t i = 0; i < count; ++i) d[i * step] = static_cast<out_t>(dv[k * count + i]);
+          }
+        }
+  }
+}
+
+}  // namespace
+
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                        at::MemoryFormat fmt) {
+                        at::MemoryFormat fmt, bool per_element) {
   const int64_t channels = x.size(1);
-  const int64_t out_rows = x.size(0) * channels * g.out[0] * g.out[1];
   const bool disjoint = windows_disjoint(g);
   at::Tensor dx = !disjoint || windows_tile(g) ? at::empty_like(x, fmt) : at::zeros_like(x, fmt);
   const auto xs = x.strides();
   const auto ys = y.strides();
   const auto gs = grad.strides();
   const auto ds = dx.strides();
-  int64_t lo, hi;
-  interior_range(g, &lo, &hi);
+  int64_t lo = 0, hi = 0;
+  if (!per_element) interior_range(g, &lo, &hi);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_backward_cpu", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    const int64_t out_rows = x.size(0) * channels * g.out[0] * g.out[1];
     if (disjoint) {
-      // Each input lies in one window: per output row, recompute the window statistics and
-      // write the gradient of every input of the row's windows.
+      // Each input lies in at most one window: rows of windows write their inputs directly.
       at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
         RowStats<scalar_t, acc_t> stats(g, chunk_size(g), true);
         std::vector<acc_t> grads(stats.vals.size());
@@ -175,73 +229,55 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
           const int64_t oh = row % g.out[1];
           const int64_t ot = (row / g.out[1]) % g.out[0];
           const int64_t n = row / (g.out[1] * g.out[0]) / channels, c = row / (g.out[1] * g.out[0]) % channels;
-          const scalar_t* plane = xp + n * xs[0] + c * xs[1];
-          scalar_t* dplane = dp + n * ds[0] + c * ds[1];
-          const scalar_t* yr = yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3];
-          const scalar_t* gr = gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3];
-          for_each_edge(g, lo, hi, [&](int64_t ow) {
-            window_backward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], dplane, ds[2], ds[3], ds[4],
-                                             output_window(g, ot, oh, ow), static_cast<acc_t>(yr[ow * ys[4]]),
-                                             static_cast<acc_t>(gr[ow * gs[4]]));
-          });
-          int64_t t0, t1, h0, h1;
-          window_range(g, 0, ot, &t0, &t1);
-          window_range(g, 1, oh, &h0, &h1);
-          for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
-            const int64_t count = std::min(stats.chunk, hi - o0);
-            const int64_t taps = stats.compute(plane, xs, g, ot, oh, o0, count);
-            acc_t* __restrict__ inv_sum = stats.m.data();
-            acc_t* __restrict__ yv = stats.ws.data();
-            acc_t* __restrict__ gv = stats.s.data();
-            for (int64_t i = 0; i < count; ++i) {
-              inv_sum[i] = acc_t(1) / gv[i];
-              yv[i] = static_cast<acc_t>(yr[(o0 + i) * ys[4]]);
-              gv[i] = static_cast<acc_t>(gr[(o0 + i) * gs[4]]);
-            }
-            const acc_t* __restrict__ v = stats.vals.data();
-            const acc_t* __restrict__ ex = stats.exps.data();
-            acc_t* __restrict__ dv = grads.data();
-            for (int64_t k = 0; k < taps; ++k)
-              for (int64_t i = 0; i < count; ++i) {
-                const int64_t at = k * count + i;
-                dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
-              }
-            const int64_t w0 = o0 * g.stride[2] - g.pad[2];
-            const int64_t dstep = g.stride[2] * ds[4];
-            int64_t k = 0;
-            for (int64_t t = t0; t < t1; ++t)
-              for (int64_t h = h0; h < h1; ++h)
-                for (int64_t j = 0; j < g.kernel[2]; ++j, ++k) {
-                  scalar_t* d = dplane + t * ds[2] + h * ds[3] + (w0 + j) * ds[4];
-                  for (int64_t i = 0; i < count; ++i) d[i * dstep] = static_cast<scalar_t>(dv[k * count + i]);
-                }
-          }
+          row_backward<scalar_t, acc_t, scalar_t>(
+              stats, grads, xp + n * xs[0] + c * xs[1], xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
+              ys[4], gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3], gs[4], dp + n * ds[0] + c * ds[1],
+              ds.data() + 2, g, ot, oh, lo, hi, false);
         }
       });
       return;
     }
-    // Overlapping windows: phase 1 stores each window's log-sum-exp, phase 2 gathers, for
-    // every input, the terms of the windows that contain it (no atomics, deterministic).
+    if (!per_element) {
+      // Overlapping windows: each task owns whole (n, c) planes and accumulates their gradient
+      // in acc_t, row by row in a fixed order (no atomics, deterministic).
+      const int64_t plane_size = g.in[0] * g.in[1] * g.in[2];
+      const int64_t acc_strides[3] = {g.in[1] * g.in[2], g.in[2], 1};
+      at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+        RowStats<scalar_t, acc_t> stats(g, chunk_size(g), true);
+        std::vector<acc_t> grads(stats.vals.size());
+        std::vector<acc_t> acc(plane_size);
+        for (int64_t nc = begin; nc < end; ++nc) {
+          const int64_t n = nc / channels, c = nc % channels;
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t ot = 0; ot < g.out[0]; ++ot)
+            for (int64_t oh = 0; oh < g.out[1]; ++oh)
+              row_backward<scalar_t, acc_t, acc_t>(
+                  stats, grads, xp + n * xs[0] + c * xs[1], xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
+                  ys[4], gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3], gs[4], acc.data(), acc_strides, g, ot,
+                  oh, lo, hi, true);
+          scalar_t* dplane = dp + n * ds[0] + c * ds[1];
+          for (int64_t t = 0; t < g.in[0]; ++t)
+            for (int64_t h = 0; h < g.in[1]; ++h)
+              for (int64_t w = 0; w < g.in[2]; ++w)
+                dplane[t * ds[2] + h * ds[3] + w * ds[4]] = static_cast<scalar_t>(acc[(t * g.in[1] + h) * g.in[2] + w]);
+        }
+      });
+      return;
+    }
+    // The CUDA kernel's scheme, one element at a time: each window's log-sum-exp, then for
+    // every input a gather over the windows that contain it.
     at::Tensor lse = at::empty({x.size(0), channels, g.out[0], g.out[1], g.out[2]},
                                x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const auto ls = lse.strides();
     acc_t* lp = lse.mutable_data_ptr<acc_t>();
     at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
-      RowStats<scalar_t, acc_t> stats(g, chunk_size(g), false);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t oh = row % g.out[1];
         const int64_t ot = (row / g.out[1]) % g.out[0];
         const int64_t nc = row / (g.out[1] * g.out[0]);
         const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
-        acc_t* lrow = lp + row * g.out[2];
-        for_each_edge(g, lo, hi, [&](int64_t ow) {
-          window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], output_window(g, ot, oh, ow), lrow + ow);
-        });
-        for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
-          const int64_t n = std::min(stats.chunk, hi - o0);
-          stats.compute(plane, xs, g, ot, oh, o0, n);
-          for (int64_t i = 0; i < n; ++i) lrow[o0 + i] = stats.m[i] + log_positive(stats.s[i]);
-        }
+        for (int64_t ow = 0; ow < g.out[2]; ++ow)
+          window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], output_window(g, ot, oh, ow), lp + row * g.out[2] + ow);
       }
     });
     const int64_t in_rows = x.size(0) * channels * g.in[0] * g.in[1];
@@ -255,13 +291,10 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
         const int64_t n = nc / channels, c = nc % channels;
         const scalar_t* xrow = xp + n * xs[0] + c * xs[1] + t * xs[2] + h * xs[3];
         scalar_t* drow = dp + n * ds[0] + c * ds[1] + t * ds[2] + h * ds[3];
-        const acc_t* lplane = lp + nc * ls[1];
-        const scalar_t* yplane = yp + n * ys[0] + c * ys[1];
-        const scalar_t* gplane = gp + n * gs[0] + c * gs[1];
         for (int64_t w = 0; w < g.in[2]; ++w)
           drow[w * ds[4]] = static_cast<scalar_t>(input_backward<scalar_t, acc_t>(
-              g, static_cast<acc_t>(xrow[w * xs[4]]), t, h, w, lplane, yplane, gplane, ls.data() + 2,
-              ys.data() + 2, gs.data() + 2));
+              g, static_cast<acc_t>(xrow[w * xs[4]]), t, h, w, lp + nc * ls[1], yp + n * ys[0] + c * ys[1],
+              gp + n * gs[0] + c * gs[1], ls.data() + 2, ys.data() + 2, gs.data() + 2));
       }
     });
   });

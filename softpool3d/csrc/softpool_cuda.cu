@@ -65,9 +65,9 @@ __global__ void disjoint_backward_kernel(const scalar_t* __restrict__ grad, cons
   const Index5 o = unravel(i, channels, g.out);
   const acc_t yv = static_cast<acc_t>(y[o.n * ys.s[0] + o.c * ys.s[1] + o.a * ys.s[2] + o.b * ys.s[3] + o.d * ys.s[4]]);
   const acc_t gv = static_cast<acc_t>(grad[o.n * gs.s[0] + o.c * gs.s[1] + o.a * gs.s[2] + o.b * gs.s[3] + o.d * gs.s[4]]);
-  window_backward<scalar_t, acc_t>(x + o.n * xs.s[0] + o.c * xs.s[1], xs.s[2], xs.s[3], xs.s[4],
-                                   dx + o.n * ds.s[0] + o.c * ds.s[1], ds.s[2], ds.s[3], ds.s[4],
-                                   output_window(g, o.a, o.b, o.d), yv, gv);
+  window_backward<scalar_t, acc_t, scalar_t>(x + o.n * xs.s[0] + o.c * xs.s[1], xs.s[2], xs.s[3], xs.s[4],
+                                             dx + o.n * ds.s[0] + o.c * ds.s[1], ds.s[2], ds.s[3], ds.s[4],
+                                             output_window(g, o.a, o.b, o.d), yv, gv, false);
 }
 
 template <typename scalar_t, typename acc_t>

@@ -199,12 +199,11 @@ SP_HD acc_t input_backward(const Geometry& geo, acc_t xi, int64_t t, int64_t h, 
   return dx;
 }
 
-// Backward of one window whose inputs belong to no other window (stride >= kernel): writes
-// g w_i (1 + x_i - y) into dx (strides dt, dh, dw) for every input of the window, with
-// w_i = exp(x_i - m) / sum_j exp(x_j - m).
-template <typename scalar_t, typename acc_t>
-SP_HD void window_backward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, scalar_t* dx, int64_t dt,
-                           int64_t dh, int64_t dw, const Window& win, acc_t y, acc_t g) {
+// Backward of one window: writes (or, when accumulate, adds) g w_i (1 + x_i - y) into dx
+// (strides dt, dh, dw) for every input of the window, with w_i = exp(x_i - m) / sum_j exp(x_j - m).
+template <typename scalar_t, typename acc_t, typename out_t>
+SP_HD void window_backward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, out_t* dx, int64_t dt, int64_t dh,
+                           int64_t dw, const Window& win, acc_t y, acc_t g, bool accumulate) {
   const acc_t max = window_max<scalar_t, acc_t>(x, st, sh, sw, win);
   acc_t sum = 0;
   for (int64_t t = win.t0; t < win.t1; ++t)
@@ -215,10 +214,11 @@ SP_HD void window_backward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw
   for (int64_t t = win.t0; t < win.t1; ++t)
     for (int64_t h = win.h0; h < win.h1; ++h) {
       const scalar_t* row = x + t * st + h * sh;
-      scalar_t* out = dx + t * dt + h * dh;
+      out_t* out = dx + t * dt + h * dh;
       for (int64_t w = win.w0; w < win.w1; ++w) {
         const acc_t v = static_cast<acc_t>(row[w * sw]);
-        out[w * dw] = static_cast<scalar_t>(weighted_grad(exp_nonpositive(v - max) * inv_sum, v, y, g));
+        const acc_t d = weighted_grad(exp_nonpositive(v - max) * inv_sum, v, y, g);
+        out[w * dw] = static_cast<out_t>(accumulate ? static_cast<acc_t>(out[w * dw]) + d : d);
       }
     }
 }

@@ -21,9 +21,10 @@ bool windows_disjoint(const Geometry& g);
 // True when every input lies in exactly one window.
 bool windows_tile(const Geometry& g);
 
-at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);
+// per_element runs the CUDA kernel's per-element scheme instead of the vectorised rows.
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool per_element);
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                        at::MemoryFormat fmt);
+                        at::MemoryFormat fmt, bool per_element);
 
 #ifdef SOFTPOOL_WITH_CUDA
 at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);

@@ -1,0 +1,157 @@
+"""Benchmark of SoftPool against the 5-op formula, ``avg_pool3d`` and ``max_pool3d``.
+
+Forward and forward+backward wall time (best of ``repeats``, the methods interleaved so that
+load from other processes hits them alike) and peak memory allocated during the call. Peak
+memory on CUDA is the allocator's ``max_memory_allocated`` above the inputs; on the CPU it is
+the peak of the bytes held by tensors that the call's ops create (scratch memory inside a
+kernel is not seen). Ratios are given against ``avg_pool3d`` (time) and the 5-op formula
+(memory).
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from softpool3d.ops import soft_pool3d
+
+Pool = Callable[..., torch.Tensor]
+
+# (input shape (N, C, T, H, W), pooling arguments)
+SHAPES: list[tuple[tuple[int, ...], dict]] = [
+    ((8, 64, 16, 56, 56), {"kernel_size": 2, "stride": 2}),
+    ((8, 192, 8, 28, 28), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ((8, 432, 16, 7, 7), {"kernel_size": (16, 7, 7)}),
+]
+
+
+def five_op_soft_pool3d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode=False) -> torch.Tensor:
+    """The common Python SoftPool: ``avg_pool3d(exp(x) * x) / avg_pool3d(exp(x))``."""
+    e = x.exp()
+    return F.avg_pool3d(e * x, kernel_size, stride, padding, ceil_mode) / F.avg_pool3d(e, kernel_size, stride, padding, ceil_mode)
+
+
+def _max_pool3d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode=False) -> torch.Tensor:
+    return F.max_pool3d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+
+METHODS: dict[str, Pool] = {
+    "softpool3d": soft_pool3d,
+    "5-op formula": five_op_soft_pool3d,
+    "avg_pool3d": F.avg_pool3d,
+    "max_pool3d": _max_pool3d,
+}
+
+
+class _TensorBytes(TorchDispatchMode):
+    """Tracks the bytes held by tensors created by ops (views excluded) and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if all(ret.alias_info is None for ret in func._schema.returns):
+            for tensor in pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    nbytes = tensor.untyped_storage().nbytes()
+                    self.live += nbytes
+                    weakref.finalize(tensor, self._free, nbytes)
+            self.peak = max(self.peak, self.live)
+        return out
+
+
+def _run(pool: Pool, x: torch.Tensor, grad: torch.Tensor | None, args: dict) -> None:
+    y = pool(x, **args)
+    if grad is not None:
+        y.backward(grad)
+        x.grad = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bytes(pool: Pool, x: torch.Tensor, grad: torch.Tensor | None, args: dict) -> int:
+    """Peak memory allocated while running ``pool`` (and its backward when ``grad`` is given)."""
+    if x.device.type == "cuda":
+        _sync(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        _run(pool, x, grad, args)
+        _sync(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    tracker = _TensorBytes()
+    with tracker:
+        _run(pool, x, grad, args)
+    return tracker.peak
+
+
+@dataclass
+class Result:
+    shape: tuple[int, ...]
+    args: dict
+    method: str
+    forward_ms: float
+    train_ms: float
+    train_peak: int
+
+
+def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, seed: int = 0) -> list[Result]:
+    """Times every method on every shape; returns one :class:`Result` per (shape, method)."""
+    torch.manual_seed(seed)
+    results = []
+    for shape, args in shapes:
+        x = torch.randn(shape, device=device).requires_grad_()
+        grad = torch.ones_like(F.avg_pool3d(x.detach(), **args))
+        best = {(name, mode): float("inf") for name in METHODS for mode in ("forward", "train")}
+        for name, pool in METHODS.items():
+            _run(pool, x.detach(), None, args)
+            _run(pool, x, grad, args)
+        for _ in range(repeats):
+            for name, pool in METHODS.items():
+                for mode, inp, g in (("forward", x.detach(), None), ("train", x, grad)):
+                    _sync(device)
+                    start = time.perf_counter()
+                    _run(pool, inp, g, args)
+                    _sync(device)
+                    best[name, mode] = min(best[name, mode], time.perf_counter() - start)
+        for name, pool in METHODS.items():
+            results.append(
+                Result(shape, args, name, best[name, "forward"] * 1e3, best[name, "train"] * 1e3,
+                       peak_bytes(pool, x, grad, args))
+            )
+        del x, grad
+    return results
+
+
+def markdown(results: list[Result]) -> str:
+    """A table: times and their ratio to avg_pool3d, peak memory and its ratio to the 5-op formula."""
+    rows = [
+        "| input, pooling | method | fwd ms | fwd / avg | fwd+bwd ms | fwd+bwd / avg | fwd+bwd vs 5-op | "
+        "peak MiB (fwd+bwd) | peak / 5-op |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i in range(0, len(results), len(METHODS)):
+        group = {r.method: r for r in results[i : i + len(METHODS)]}
+        avg, five = group["avg_pool3d"], group["5-op formula"]
+        for r in group.values():
+            label = f"{tuple(r.shape)} {', '.join(f'{k}={v}' for k, v in r.args.items())}"
+            rows.append(
+                f"| {label} | {r.method} | {r.forward_ms:.1f} | {r.forward_ms / avg.forward_ms:.2f}x | "
+                f"{r.train_ms:.1f} | {r.train_ms / avg.train_ms:.2f}x | {five.train_ms / r.train_ms:.2f}x faster | "
+                f"{r.train_peak / 2**20:.0f} | {r.train_peak / five.train_peak:.2f} |"
+            )
+    return "\n".join(rows)
