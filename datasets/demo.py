@@ -1,8 +1,11 @@
 """A small synthetic action set, written as real H.264 mp4 files in UCF-101 layout.
 
-Eight classes of motion: a shape moving left, right, up or down, a bar rotating clockwise or
-counter-clockwise, and a disc growing or shrinking, each over a noisy background with random
-colours, sizes, speeds and start positions. Seeded, so the same arguments give the same files.
+Eight classes of motion, each over a noisy background with random colours, sizes, speeds and
+start positions: a shape moving up, down or sideways (left or right), a bar rotating (either
+way), a disc growing or shrinking, a shape fading in or out. Three pairs differ only in the
+direction of time, so a model must read motion, not appearance. Every class is unchanged by a
+horizontal flip, so the usual flip augmentation keeps labels right. Seeded, so the same
+arguments give the same files.
 """
 from __future__ import annotations
 
@@ -16,16 +19,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-DEMO_CLASSES = (
-    "MoveLeft",
-    "MoveRight",
-    "MoveUp",
-    "MoveDown",
-    "RotateClockwise",
-    "RotateCounterclockwise",
-    "Grow",
-    "Shrink",
-)
+DEMO_CLASSES = ("MoveUp", "MoveDown", "MoveSideways", "Rotate", "Grow", "Shrink", "FadeIn", "FadeOut")
 
 _COMPLETE = ".complete"
 
@@ -55,7 +49,7 @@ def _shape_mask(kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
     return (yy - cy - along * dy) ** 2 + (xx - cx - along * dx) ** 2 <= (size / 4) ** 2
 
 
-_MOVES = {"MoveLeft": (0, -1), "MoveRight": (0, 1), "MoveUp": (-1, 0), "MoveDown": (1, 0)}
+_MOVES = {"MoveUp": [(-1, 0)], "MoveDown": [(1, 0)], "MoveSideways": [(0, -1), (0, 1)]}
 
 
 def _start_along(direction: int, size: int, margin: float, travel: float, rng: np.random.Generator) -> float:
@@ -76,22 +70,28 @@ def render_action(action: str, num_frames: int, size: int, rng: np.random.Genera
     if action in _MOVES:
         kind, extent = str(rng.choice(["disc", "square"])), size * rng.uniform(0.08, 0.14)
         travel = size * rng.uniform(0.35, 0.5)
-        dy, dx = _MOVES[action]
+        dy, dx = _MOVES[action][rng.integers(len(_MOVES[action]))]
         start = np.array([_start_along(d, size, extent + 1, travel, rng) for d in (dy, dx)])
         positions = [start + np.array([dy, dx]) * travel * t / (num_frames - 1) for t in range(num_frames)]
         shapes = [(kind, p, extent, 0.0) for p in positions]
-    elif action.startswith("Rotate"):
-        spin = rng.uniform(0.12, 0.2) * (1 if action == "RotateClockwise" else -1)
+    elif action == "Rotate":
+        spin = rng.uniform(0.12, 0.2) * rng.choice([-1, 1])
         angle, extent = rng.uniform(0, math.pi), size * rng.uniform(0.2, 0.3)
         shapes = [("bar", centre, extent, angle + spin * t) for t in range(num_frames)]
-    else:
+    elif action in ("Grow", "Shrink"):
         small, large = size * rng.uniform(0.05, 0.08), size * rng.uniform(0.25, 0.32)
         first, last = (small, large) if action == "Grow" else (large, small)
         shapes = [("disc", centre, first + (last - first) * t / (num_frames - 1), 0.0) for t in range(num_frames)]
+    else:
+        kind, extent = str(rng.choice(["disc", "square"])), size * rng.uniform(0.15, 0.25)
+        shapes = [(kind, centre, extent, 0.0)] * num_frames
+    ramp = np.linspace(0.0, 1.0, num_frames) if action == "FadeIn" else np.linspace(1.0, 0.0, num_frames)
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t, (kind, (cy, cx), extent, angle) in enumerate(shapes):
         image = background + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
-        image[_shape_mask(kind, yy, xx, cy, cx, extent, angle)] = colour
+        opacity = ramp[t] if action.startswith("Fade") else 1.0
+        mask = _shape_mask(kind, yy, xx, cy, cx, extent, angle)
+        image[mask] = opacity * colour + (1 - opacity) * image[mask]
         frames[t] = np.clip(image, 0, 255).astype(np.uint8)
     return frames
 
