@@ -19,7 +19,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml
 
 @dataclass
 class DataConfig:
-    """Which videos, and how clips are cut from them (arguments of ``build_dataset``)."""
+    """Which videos, and how clips are cut from them (arguments of ``build_dataset``).
+
+    ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
+    process. Validation uses one centre view per video (clip accuracy); the test uses
+    ``num_clips x num_crops`` views.
+    """
 
     dataset: str = "ucf101"
     root: str = "data/demo"
@@ -72,7 +77,14 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop."""
+    """The training loop.
+
+    ``amp``: none | bf16 | fp16 (with a grad scaler). ``grad_clip``: max gradient norm (0: off).
+    ``accumulate``: micro-batches per optimizer step. ``checkpoint_every_steps``: also write
+    ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
+    gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
+    ``deterministic``: ``torch.use_deterministic_algorithms``.
+    """
 
     epochs: int = 10
     limit_steps_per_epoch: int = 0

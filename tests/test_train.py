@@ -10,7 +10,7 @@ from softpool3d import builders
 from softpool3d.checkpoint import load_checkpoint
 from softpool3d.config import load_config
 from softpool3d.optim import param_groups, warmup_cosine
-from softpool3d.train import NonFiniteLossError, parameter_digest, train
+from softpool3d.train import NonFiniteLossError, seed_everything, train
 
 
 class SyntheticClips(Dataset):
@@ -137,3 +137,18 @@ def test_crash_mid_epoch_then_resume_auto_reaches_the_same_weights(tmp_path, syn
     assert b["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
     assert all(torch.equal(a["optimizer"]["state"][k]["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
                for k in a["optimizer"]["state"])
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_with_accumulation_and_clipping_trains(tmp_path, synthetic, amp):
+    cfg = _cfg(tmp_path, "train.epochs=1", "train.test_after_train=false", f"train.amp={amp}", "train.accumulate=2",
+               "data.batch_size=2", "train.grad_clip=0.5", "train.deterministic=false")
+    seed_everything(cfg.train.seed)  # as the trainer does before building its model
+    initial = builders.build_model(cfg, 3).state_dict()
+    result = train(cfg)
+    assert result.step == 3  # 12 clips / (2 clips x 2 micro-batches)
+    state = load_checkpoint(result.last_checkpoint)
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    weights = state["model"]["fc.weight"]
+    assert torch.isfinite(weights).all() and weights.dtype == torch.float32
+    assert not torch.equal(weights, initial["fc.weight"])
