@@ -39,15 +39,15 @@ void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
 // window's max m, sum exp(x - m) and sum exp(x - m) (x - m), in window_forward's order.
 template <typename scalar_t, typename acc_t>
 struct RowStats {
-  RowStats(const Geometry& g, int64_t chunk, bool keep_exp)
+  RowStats(const Geometry& g, int64_t chunk)
       : chunk(chunk),
         vals(g.kernel[0] * g.kernel[1] * g.kernel[2] * chunk),
-        exps(keep_exp ? vals.size() : 0),
+        exps(vals.size()),
         m(chunk),
         s(chunk),
         ws(chunk) {}
 
-  // Gathers the windows and computes m, s, ws (and exps, exp(x - m), when kept); returns the
+  // Gathers the windows into vals and computes exps = exp(x - m), m, s and ws; returns the
   // number of taps per window.
   int64_t compute(const scalar_t* plane, at::IntArrayRef xs, const Geometry& g, int64_t ot, int64_t oh, int64_t o0,
                   int64_t n) {
@@ -57,7 +57,32 @@ struct RowStats {
     const int64_t step = g.stride[2] * xs[4];
     const int64_t w0 = o0 * g.stride[2] - g.pad[2];
     acc_t* __restrict__ v = vals.data();
+    acc_t* __restrict__ ex = exps.data();
+    acc_t* __restrict__ mx = m.data();
+    acc_t* __restrict__ sum = s.data();
+    acc_t* __restrict__ wsum = ws.data();
     int64_t taps = 0;
+    if (n == 1) {
+      // One window (e.g. global pooling): loops over its taps instead of over outputs.
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t h = h0; h < h1; ++h) {
+          const scalar_t* p = plane + t * xs[2] + h * xs[3] + w0 * xs[4];
+          for (int64_t j = 0; j < g.kernel[2]; ++j) v[taps + j] = static_cast<acc_t>(p[j * xs[4]]);
+          taps += g.kernel[2];
+        }
+      acc_t top = v[0];
+      for (int64_t k = 0; k < taps; ++k) top = v[k] > top ? v[k] : top;
+      for (int64_t k = 0; k < taps; ++k) ex[k] = exp_nonpositive(v[k] - top);
+      acc_t total = 0, weighted = 0;
+      for (int64_t k = 0; k < taps; ++k) {
+        total += ex[k];
+        weighted += ex[k] * (v[k] - top);
+      }
+      mx[0] = top;
+      sum[0] = total;
+      wsum[0] = weighted;
+      return taps;
+    }
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t h = h0; h < h1; ++h)
         for (int64_t j = 0; j < g.kernel[2]; ++j, ++taps) {
@@ -65,24 +90,10 @@ struct RowStats {
           acc_t* __restrict__ dst = v + taps * n;
           for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(p[i * step]);
         }
-    acc_t* __restrict__ mx = m.data();
-    acc_t* __restrict__ sum = s.data();
-    acc_t* __restrict__ wsum = ws.data();
     for (int64_t i = 0; i < n; ++i) mx[i] = v[i];
     for (int64_t k = 0; k < taps; ++k)
       for (int64_t i = 0; i < n; ++i) mx[i] = v[k * n + i] > mx[i] ? v[k * n + i] : mx[i];
     for (int64_t i = 0; i < n; ++i) sum[i] = wsum[i] = acc_t(0);
-    if (exps.empty()) {
-      for (int64_t k = 0; k < taps; ++k)
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t x = v[k * n + i];
-          const acc_t e = exp_nonpositive(x - mx[i]);
-          sum[i] += e;
-          wsum[i] += e * (x - mx[i]);
-        }
-      return taps;
-    }
-    acc_t* __restrict__ ex = exps.data();
     for (int64_t k = 0; k < taps; ++k)
       for (int64_t i = 0; i < n; ++i) {
         const acc_t x = v[k * n + i];
@@ -125,7 +136,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
     const auto xs = x.strides();
     const auto ys = y.strides();
     at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
-      RowStats<scalar_t, acc_t> stats(g, chunk_size(g), false);
+      RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
       for (int64_t row = begin; row < end; ++row) {
         const int64_t oh = row % g.out[1];
         const int64_t ot = (row / g.out[1]) % g.out[0];
@@ -223,7 +234,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
     if (disjoint) {
       // Each input lies in at most one window: rows of windows write their inputs directly.
       at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
-        RowStats<scalar_t, acc_t> stats(g, chunk_size(g), true);
+        RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
         std::vector<acc_t> grads(stats.vals.size());
         for (int64_t row = begin; row < end; ++row) {
           const int64_t oh = row % g.out[1];
@@ -243,7 +254,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
       const int64_t plane_size = g.in[0] * g.in[1] * g.in[2];
       const int64_t acc_strides[3] = {g.in[1] * g.in[2], g.in[2], 1};
       at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
-        RowStats<scalar_t, acc_t> stats(g, chunk_size(g), true);
+        RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
         std::vector<acc_t> grads(stats.vals.size());
         std::vector<acc_t> acc(plane_size);
         for (int64_t nc = begin; nc < end; ++nc) {
