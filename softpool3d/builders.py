@@ -10,23 +10,24 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from softpool3d.datasets import ClipDataset, make_demo_dataset
+from softpool3d.datasets import build_dataset as build_clip_dataset
+from softpool3d.models import build_model as build_network
+from softpool3d.models import freeze_stages, load_pretrained
+
 logger = logging.getLogger(__name__)
 
 
 def prepare_data(cfg: DictConfig) -> None:
     """Generate the demo videos into ``data.root`` when ``data.make_demo`` is set (idempotent)."""
     if cfg.data.make_demo:
-        from softpool3d.datasets import make_demo_dataset
-
         make_demo_dataset(Path(cfg.data.root))
 
 
-def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1):
+def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
     """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry."""
-    from softpool3d.datasets import build_dataset as build
-
     data = cfg.data
-    return build(
+    return build_clip_dataset(
         data.dataset,
         data.root,
         split,
@@ -48,13 +49,10 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The ``model`` section's network with a ``num_classes``-way head; ``pretrained`` weights and
     ``freeze_stages`` applied (a new head is kept when the class count differs)."""
-    from softpool3d.models import build_model as build
-    from softpool3d.models import freeze_stages, load_pretrained
-
     kwargs = {"dropout": cfg.model.dropout}
     if cfg.model.width is not None:
         kwargs["width"] = cfg.model.width
-    model = build(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
+    model = build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
     if cfg.model.pretrained:
         report = load_pretrained(model, cfg.model.pretrained)
         if report.missing_keys:

@@ -18,7 +18,7 @@ def _small(demo_root, output_dir, name):
     return [
         f"output_dir={output_dir}", f"name={name}", f"data.root={demo_root}", "data.make_demo=false",
         "data.num_frames=4", "data.crop_size=32", "data.train_scale=[32,40]", "data.test_scale=32",
-        "data.batch_size=4", "data.test_batch_size=8", "data.num_workers=0", "data.num_clips=2", "data.num_crops=2",
+        "data.batch_size=4", "data.test_batch_size=8", "data.num_workers=0", "data.num_clips=2", "data.num_crops=3",
         "model.width=4", "optim.name=sgd", "optim.lr=0.05", "train.deterministic=true", "train.device=cpu",
         "train.test_after_train=false", "train.val_every=100",
     ]
@@ -80,7 +80,7 @@ def test_two_process_evaluation_counts_each_video_once_and_agrees(ddp_run, demo_
     two = json.loads((test_dir / "predictions.json").read_text())
     test_videos = len((Path(demo_root) / "testlist01.txt").read_text().split())
     assert one["num_videos"] == two["num_videos"] == test_videos
-    assert [row["views"] for row in two["predictions"]] == [4] * two["num_videos"]
+    assert [row["views"] for row in two["predictions"]] == [6] * two["num_videos"]
     assert [row["video_index"] for row in two["predictions"]] == list(range(two["num_videos"]))
     assert [row["prediction"] for row in one["predictions"]] == [row["prediction"] for row in two["predictions"]]
     for a, b in zip(one["predictions"], two["predictions"]):
