@@ -24,7 +24,9 @@ DEMO_CLASSES = ("MoveUp", "MoveDown", "MoveSideways", "Rotate", "Grow", "Shrink"
 _COMPLETE = ".complete"
 
 
-def write_video(path: Union[str, Path], frames: np.ndarray, fps: int = 25, codec: str = "libx264") -> None:
+def write_video(
+    path: Union[str, Path], frames: np.ndarray, fps: int = 25, codec: str = "libx264", keyframe_interval: int = 250
+) -> None:
     """Encode uint8 frames ``(T, H, W, 3)`` (RGB, even H and W) to ``path`` with PyAV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +34,7 @@ def write_video(path: Union[str, Path], frames: np.ndarray, fps: int = 25, codec
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
+        stream.gop_size = keyframe_interval
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast"}
         for frame in frames:
