@@ -3,6 +3,12 @@
 Functional forms ``soft_pool1d/2d/3d`` and modules ``SoftPool1d/2d/3d`` take the same
 arguments, with the same defaults, as ``F.avg_pool{1,2,3}d``; the output shape equals
 ``avg_pool``'s, and padded positions take no part in a window.
+
+All of them run the ``softpool3d::soft_pool3d_forward``/``_backward`` custom ops on a 5-D view
+of the input (1-D, 2-D and unbatched inputs are reshaped), so ``torch.compile(fullgraph=True)``
+traces them. The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
+see :mod:`softpool3d.extension`), or, when it cannot be built, :func:`soft_pool_reference` and
+:func:`soft_pool_reference_backward`. Backward needs only the saved input and output.
 """
 from __future__ import annotations
 

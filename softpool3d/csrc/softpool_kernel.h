@@ -91,7 +91,7 @@ SP_HD double log_positive(double x) {
 #endif
 }
 
-// Geometry of one pooled 3-D problem; sizes and strides of the input plane in elements.
+// One pooled 3-D problem: input and output sizes (T, H, W), kernel, stride and padding.
 struct Geometry {
   int64_t in[3];
   int64_t out[3];
@@ -118,6 +118,7 @@ SP_HD void windows_containing(const Geometry& g, int d, int64_t i, int64_t* begi
   *end = last > g.out[d] ? g.out[d] : last;
 }
 
+// Input box [t0, t1) x [h0, h1) x [w0, w1) of one output window.
 struct Window {
   int64_t t0, t1, h0, h1, w0, w1;
 };
@@ -178,7 +179,8 @@ SP_HD acc_t window_grad(acc_t xi, acc_t lse, acc_t y, acc_t g) {
 }
 
 // Backward for one input element (t, h, w): gathers over the windows that contain it.
-// lse, y and g are output planes with strides ot_s, oh_s, ow_s (acc_t lse, scalar_t y and g).
+// lse, y and g point at the (n, c) output plane, with (T, H, W) strides lse_strides, out_strides
+// and grad_strides.
 template <typename scalar_t, typename acc_t>
 SP_HD acc_t input_backward(const Geometry& geo, acc_t xi, int64_t t, int64_t h, int64_t w, const acc_t* lse,
                            const scalar_t* y, const scalar_t* g, const int64_t* lse_strides,
