@@ -173,6 +173,25 @@ def test_extreme_inputs_give_finite_values_and_grads(dtype, magnitude):
     assert hot.any() and torch.equal(y.float()[hot], windows_max[hot])
 
 
+@pytest.mark.parametrize("dtype,spike", [(torch.float32, 200.0), (torch.float64, 650.0)])
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode", [CASES[1], CASES[2], CASES[6]], ids=["k3s2", "k3s1", "k4s1"])
+def test_overlapping_windows_far_below_a_spike_equal_formula(shape, kernel, stride, padding, ceil_mode, dtype, spike):
+    """Windows whose values lie far below the largest value of their plane stay exact."""
+    x = sample(shape, dtype)
+    x[:, :, 0, 0, 0] = spike
+    x[0, 0, -1, -1, -1] = -spike
+    x.requires_grad_()
+    y = softpool3d.soft_pool3d(x, kernel, stride, padding, ceil_mode)
+    x64 = x.detach().double().requires_grad_()
+    ref = formula(x64, kernel, stride, padding, ceil_mode)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * spike)
+    g = sample(y.shape, torch.float64, seed=1)
+    (dx,) = torch.autograd.grad(y, x, g.to(dtype))
+    (dref,) = torch.autograd.grad(ref, x64, g)
+    torch.testing.assert_close(dx.double(), dref, rtol=tol, atol=tol * spike)
+
+
 @pytest.mark.parametrize("dims", [1, 2])
 @pytest.mark.parametrize("batched", [True, False])
 def test_1d_2d_and_unbatched_follow_avg_pool(dims, batched):

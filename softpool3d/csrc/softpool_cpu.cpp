@@ -48,9 +48,11 @@ struct RowStats {
         ws(chunk) {}
 
   // Gathers the windows into vals and computes exps = exp(x - m), m, s and ws; returns the
-  // number of taps per window.
+  // number of taps per window. After share_plane, exps come from the plane's shared
+  // exponentials and windows too far below the plane max are flagged in `exact`.
   int64_t compute(const scalar_t* plane, at::IntArrayRef xs, const Geometry& g, int64_t ot, int64_t oh, int64_t o0,
                   int64_t n) {
+    if (shared_vals != nullptr) return compute_shared(g, ot, oh, o0, n);
     int64_t t0, t1, h0, h1;
     window_range(g, 0, ot, &t0, &t1);
     window_range(g, 1, oh, &h0, &h1);
@@ -105,9 +107,84 @@ struct RowStats {
     return taps;
   }
 
+  // Overlapping windows share inputs: exp(x - M) is computed once per input of a plane with
+  // max M (values and exponentials as contiguous (T, H, W) buffers) and every window's sums
+  // come from it, with weights exp(x - M) / sum_j exp(x_j - M) equal to exp(x - m) / sum_j exp(x_j - m).
+  // A window whose max m lies more than `kShareRange` below M (its exponentials could
+  // underflow) is flagged in `exact` for the per-window functions.
+  void share_plane(const acc_t* values, const acc_t* exponentials, acc_t plane_max, const Geometry& g) {
+    shared_vals = values;
+    shared_exps = exponentials;
+    shared_floor = plane_max - (sizeof(acc_t) == sizeof(double) ? acc_t(600) : acc_t(60));
+    shared_strides[0] = g.in[1] * g.in[2];
+    shared_strides[1] = g.in[2];
+    exact.resize(chunk);
+  }
+
+  int64_t compute_shared(const Geometry& g, int64_t ot, int64_t oh, int64_t o0, int64_t n) {
+    int64_t t0, t1, h0, h1;
+    window_range(g, 0, ot, &t0, &t1);
+    window_range(g, 1, oh, &h0, &h1);
+    const int64_t w0 = o0 * g.stride[2] - g.pad[2];
+    acc_t* __restrict__ v = vals.data();
+    acc_t* __restrict__ ex = exps.data();
+    acc_t* __restrict__ mx = m.data();
+    acc_t* __restrict__ sum = s.data();
+    acc_t* __restrict__ wsum = ws.data();
+    int64_t taps = 0;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t j = 0; j < g.kernel[2]; ++j, ++taps) {
+          const int64_t offset = t * shared_strides[0] + h * shared_strides[1] + w0 + j;
+          const acc_t* __restrict__ pv = shared_vals + offset;
+          const acc_t* __restrict__ pe = shared_exps + offset;
+          for (int64_t i = 0; i < n; ++i) {
+            v[taps * n + i] = pv[i * g.stride[2]];
+            ex[taps * n + i] = pe[i * g.stride[2]];
+          }
+        }
+    for (int64_t i = 0; i < n; ++i) mx[i] = v[i];
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < n; ++i) mx[i] = v[k * n + i] > mx[i] ? v[k * n + i] : mx[i];
+    for (int64_t i = 0; i < n; ++i) sum[i] = wsum[i] = acc_t(0);
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t e = ex[k * n + i];
+        sum[i] += e;
+        wsum[i] += e * (v[k * n + i] - mx[i]);
+      }
+    for (int64_t i = 0; i < n; ++i) exact[i] = mx[i] < shared_floor;
+    return taps;
+  }
+
   int64_t chunk;
   std::vector<acc_t> vals, exps, m, s, ws;
+  const acc_t* shared_vals = nullptr;
+  const acc_t* shared_exps = nullptr;
+  acc_t shared_floor = 0;
+  int64_t shared_strides[2] = {0, 0};
+  std::vector<char> exact;
 };
+
+// Fills `values` with the (n, c) plane in acc_t (contiguous (T, H, W)) and `exponentials` with
+// exp(x - M); returns the plane max M.
+template <typename scalar_t, typename acc_t>
+acc_t load_plane(const scalar_t* plane, at::IntArrayRef xs, const Geometry& g, std::vector<acc_t>& values,
+                 std::vector<acc_t>& exponentials) {
+  acc_t* __restrict__ v = values.data();
+  int64_t k = 0;
+  for (int64_t t = 0; t < g.in[0]; ++t)
+    for (int64_t h = 0; h < g.in[1]; ++h) {
+      const scalar_t* row = plane + t * xs[2] + h * xs[3];
+      for (int64_t w = 0; w < g.in[2]; ++w) v[k + w] = static_cast<acc_t>(row[w * xs[4]]);
+      k += g.in[2];
+    }
+  acc_t top = v[0];
+  for (int64_t i = 0; i < k; ++i) top = v[i] > top ? v[i] : top;
+  acc_t* __restrict__ e = exponentials.data();
+  for (int64_t i = 0; i < k; ++i) e[i] = exp_nonpositive(v[i] - top);
+  return top;
+}
 
 // Outputs per chunk of a row: the gathered windows of a chunk stay within about 64 KiB.
 int64_t chunk_size(const Geometry& g) {
@@ -126,7 +203,7 @@ void for_each_edge(const Geometry& g, int64_t lo, int64_t hi, const Fn& fn) {
 at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool per_element) {
   at::Tensor y = empty_output(x, g, fmt);
   const int64_t channels = x.size(1);
-  const int64_t rows = x.size(0) * channels * g.out[0] * g.out[1];
+  const int64_t planes = x.size(0) * channels;
   int64_t lo = 0, hi = 0;
   if (!per_element) interior_range(g, &lo, &hi);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_cpu", [&] {
@@ -135,24 +212,41 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const auto xs = x.strides();
     const auto ys = y.strides();
-    at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
+    const auto forward_row = [&](RowStats<scalar_t, acc_t>& stats, int64_t nc, int64_t ot, int64_t oh) {
+      const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
+      scalar_t* out = yp + (nc / channels) * ys[0] + (nc % channels) * ys[1] + ot * ys[2] + oh * ys[3];
+      const auto exact = [&](int64_t ow) {
+        acc_t lse;
+        const Window win = output_window(g, ot, oh, ow);
+        out[ow * ys[4]] = static_cast<scalar_t>(window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], win, &lse));
+      };
+      for_each_edge(g, lo, hi, exact);
+      for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
+        const int64_t n = std::min(stats.chunk, hi - o0);
+        stats.compute(plane, xs, g, ot, oh, o0, n);
+        for (int64_t i = 0; i < n; ++i) out[(o0 + i) * ys[4]] = static_cast<scalar_t>(stats.m[i] + stats.ws[i] / stats.s[i]);
+        if (stats.shared_vals == nullptr) continue;
+        for (int64_t i = 0; i < n; ++i)
+          if (stats.exact[i]) exact(o0 + i);
+      }
+    };
+    if (windows_disjoint(g) || per_element) {
+      const int64_t rows = planes * g.out[0] * g.out[1];
+      at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
+        RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
+        for (int64_t row = begin; row < end; ++row)
+          forward_row(stats, row / (g.out[0] * g.out[1]), (row / g.out[1]) % g.out[0], row % g.out[1]);
+      });
+      return;
+    }
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t oh = row % g.out[1];
-        const int64_t ot = (row / g.out[1]) % g.out[0];
-        const int64_t nc = row / (g.out[1] * g.out[0]);
+      std::vector<acc_t> values(g.in[0] * g.in[1] * g.in[2]), exponentials(values.size());
+      for (int64_t nc = begin; nc < end; ++nc) {
         const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
-        scalar_t* out = yp + (nc / channels) * ys[0] + (nc % channels) * ys[1] + ot * ys[2] + oh * ys[3];
-        for_each_edge(g, lo, hi, [&](int64_t ow) {
-          acc_t lse;
-          const Window win = output_window(g, ot, oh, ow);
-          out[ow * ys[4]] = static_cast<scalar_t>(window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], win, &lse));
-        });
-        for (int64_t o0 = lo; o0 < hi; o0 += stats.chunk) {
-          const int64_t n = std::min(stats.chunk, hi - o0);
-          stats.compute(plane, xs, g, ot, oh, o0, n);
-          for (int64_t i = 0; i < n; ++i) out[(o0 + i) * ys[4]] = static_cast<scalar_t>(stats.m[i] + stats.ws[i] / stats.s[i]);
-        }
+        stats.share_plane(values.data(), exponentials.data(), load_plane(plane, xs, g, values, exponentials), g);
+        for (int64_t ot = 0; ot < g.out[0]; ++ot)
+          for (int64_t oh = 0; oh < g.out[1]; ++oh) forward_row(stats, nc, ot, oh);
       }
     });
   });
@@ -168,11 +262,12 @@ template <typename scalar_t, typename acc_t, typename out_t>
 void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, const scalar_t* plane, at::IntArrayRef xs,
                   const scalar_t* yr, int64_t ystep, const scalar_t* gr, int64_t gstep, out_t* out, const int64_t* os,
                   const Geometry& g, int64_t ot, int64_t oh, int64_t lo, int64_t hi, bool accumulate) {
-  for_each_edge(g, lo, hi, [&](int64_t ow) {
+  const auto exact = [&](int64_t ow) {
     window_backward<scalar_t, acc_t, out_t>(plane, xs[2], xs[3], xs[4], out, os[0], os[1], os[2],
                                             output_window(g, ot, oh, ow), static_cast<acc_t>(yr[ow * ystep]),
                                             static_cast<acc_t>(gr[ow * gstep]), accumulate);
-  });
+  };
+  for_each_edge(g, lo, hi, exact);
   int64_t t0, t1, h0, h1;
   window_range(g, 0, ot, &t0, &t1);
   window_range(g, 1, oh, &h0, &h1);
@@ -195,6 +290,14 @@ void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, c
         const int64_t at = k * count + i;
         dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
       }
+    if (stats.shared_vals != nullptr) {
+      // shared exponentials only arise with overlapping windows, so accumulate is set here
+      for (int64_t i = 0; i < count; ++i) {
+        if (!stats.exact[i]) continue;
+        for (int64_t k = 0; k < taps; ++k) dv[k * count + i] = acc_t(0);
+        exact(o0 + i);
+      }
+    }
     const int64_t w0 = o0 * g.stride[2] - g.pad[2];
     const int64_t step = g.stride[2] * os[2];
     int64_t k = 0;
@@ -249,21 +352,24 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
       return;
     }
     if (!per_element) {
-      // Overlapping windows: each task owns whole (n, c) planes and accumulates their gradient
-      // in acc_t, row by row in a fixed order (no atomics, deterministic).
+      // Overlapping windows: each task owns whole (n, c) planes, shares their exponentials
+      // between windows and accumulates their gradient in acc_t, row by row in a fixed order
+      // (no atomics, deterministic).
       const int64_t plane_size = g.in[0] * g.in[1] * g.in[2];
       const int64_t acc_strides[3] = {g.in[1] * g.in[2], g.in[2], 1};
       at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
         RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
         std::vector<acc_t> grads(stats.vals.size());
-        std::vector<acc_t> acc(plane_size);
+        std::vector<acc_t> acc(plane_size), values(plane_size), exponentials(plane_size);
         for (int64_t nc = begin; nc < end; ++nc) {
           const int64_t n = nc / channels, c = nc % channels;
+          const scalar_t* plane = xp + n * xs[0] + c * xs[1];
+          stats.share_plane(values.data(), exponentials.data(), load_plane(plane, xs, g, values, exponentials), g);
           std::fill(acc.begin(), acc.end(), acc_t(0));
           for (int64_t ot = 0; ot < g.out[0]; ++ot)
             for (int64_t oh = 0; oh < g.out[1]; ++oh)
               row_backward<scalar_t, acc_t, acc_t>(
-                  stats, grads, xp + n * xs[0] + c * xs[1], xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
+                  stats, grads, plane, xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
                   ys[4], gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3], gs[4], acc.data(), acc_strides, g, ot,
                   oh, lo, hi, true);
           scalar_t* dplane = dp + n * ds[0] + c * ds[1];
