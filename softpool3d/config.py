@@ -83,12 +83,14 @@ class TrainConfig:
     ``accumulate``: micro-batches per optimizer step. ``checkpoint_every_steps``: also write
     ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
-    ``deterministic``: ``torch.use_deterministic_algorithms``.
+    ``deterministic``: ``torch.use_deterministic_algorithms``. ``num_threads``: CPU threads of
+    each process (0: torch's default; torchrun sets 1).
     """
 
     epochs: int = 10
     limit_steps_per_epoch: int = 0
     device: str = "auto"
+    num_threads: int = 0
     amp: str = "none"
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
