@@ -18,6 +18,12 @@ from softpool3d.models import freeze_stages, load_pretrained
 logger = logging.getLogger(__name__)
 
 
+def set_threads(cfg: DictConfig) -> None:
+    """Apply ``train.num_threads`` (0 leaves torch's default)."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+
+
 def prepare_data(cfg: DictConfig) -> None:
     """Generate the demo videos into ``data.root`` when ``data.make_demo`` is set (idempotent)."""
     if cfg.data.make_demo:

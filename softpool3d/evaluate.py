@@ -143,6 +143,7 @@ def run_test(checkpoint: str, overrides: Sequence[str] = ()) -> EvalResult:
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"], overrides, source=f"config stored in {checkpoint}")
     dist_info = init_distributed(cfg.train.device)
+    builders.set_threads(cfg)
     try:
         result = _test(cfg, state, dist_info)
         if dist_info.is_main:

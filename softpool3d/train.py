@@ -111,8 +111,7 @@ class _Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.tensorboard_dir = self.run_dir / "tensorboard"
         seed_everything(cfg.train.seed + dist_info.rank)
-        if cfg.train.num_threads > 0:
-            torch.set_num_threads(cfg.train.num_threads)
+        builders.set_threads(cfg)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
