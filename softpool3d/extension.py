@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -22,7 +23,10 @@ logger = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("softpool_binding.cpp", "softpool_cpu.cpp")
 CUDA_SOURCES = ("softpool_cuda.cu",)
-CFLAGS = ("-O3", "-fno-trapping-math")
+# at::parallel_for is OpenMP code compiled into the extension: without -fopenmp it runs on
+# one thread. Linux links the same libgomp.so.1 that torch loads.
+OPENMP = ("-fopenmp",) if sys.platform.startswith("linux") else ()
+CFLAGS = ("-O3", "-fno-trapping-math", *OPENMP)
 CUDA_CFLAGS = ("-O3", "-DSOFTPOOL_WITH_CUDA")
 
 
@@ -44,6 +48,7 @@ def build(with_cuda: bool, verbose: bool = False, build_directory: str | None = 
         extra_cflags=cflags,
         extra_cuda_cflags=list(CUDA_CFLAGS) if with_cuda else None,
         extra_include_paths=[str(CSRC)],
+        extra_ldflags=list(OPENMP),
         with_cuda=with_cuda,
         build_directory=build_directory,
         verbose=verbose,
