@@ -152,6 +152,7 @@ class _Trainer:
         )
         self.writer = SummaryWriter(str(self.tensorboard_dir)) if dist_info.is_main else None
         self.val_set = None
+        self.warmed_up = False
 
     def _resume(self) -> None:
         resume = self.cfg.resume
@@ -264,8 +265,10 @@ class _Trainer:
             clips_per_s = accumulate * batch_size * self.dist.world_size / elapsed
             state.step += 1
             state.step_in_epoch += 1
-            state.clips += accumulate * batch_size * self.dist.world_size
-            state.seconds += elapsed
+            if self.warmed_up:  # the first step of a process (lazy init, JIT builds) is left out
+                state.clips += accumulate * batch_size * self.dist.world_size
+                state.seconds += elapsed
+            self.warmed_up = True
             bar.update(1)
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
             if self.writer is not None:

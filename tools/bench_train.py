@@ -4,7 +4,7 @@
 
 Runs ``tools/train.py`` for ``--steps`` optimizer steps (one epoch, no validation or test) as a
 plain single process and under ``torchrun --nproc_per_node=N``, reads the clips/s each run
-wrote to ``metrics.json`` (mean over all steps, the first included) and prints both with their ratio. The per-process batch is the config's, so N processes
+wrote to ``metrics.json`` (mean over the steps after the first) and prints both with their ratio. The per-process batch is the config's, so N processes
 train N times as many clips per step.
 """
 import argparse
@@ -22,7 +22,7 @@ def run(config, overrides, processes, steps, output):
     name = f"bench_{processes}"
     args = [str(TRAIN), *([config] if config else []), *overrides, f"output_dir={output}", f"name={name}",
             "train.epochs=1", f"train.limit_steps_per_epoch={steps}", "train.val_every=1000",
-            "train.test_after_train=false", "resume="]
+            "train.test_after_train=false"]
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
