@@ -39,6 +39,8 @@ void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
 // window's max m, sum exp(x - m) and sum exp(x - m) (x - m), in window_forward's order.
 template <typename scalar_t, typename acc_t>
 struct RowStats {
+  static constexpr int kLanes = 8;
+
   RowStats(const Geometry& g, int64_t chunk)
       : chunk(chunk),
         vals(g.kernel[0] * g.kernel[1] * g.kernel[2] * chunk),
@@ -72,17 +74,33 @@ struct RowStats {
           for (int64_t j = 0; j < g.kernel[2]; ++j) v[taps + j] = static_cast<acc_t>(p[j * xs[4]]);
           taps += g.kernel[2];
         }
-      acc_t top = v[0];
-      for (int64_t k = 0; k < taps; ++k) top = v[k] > top ? v[k] : top;
-      for (int64_t k = 0; k < taps; ++k) ex[k] = exp_nonpositive(v[k] - top);
-      acc_t total = 0, weighted = 0;
-      for (int64_t k = 0; k < taps; ++k) {
-        total += ex[k];
-        weighted += ex[k] * (v[k] - top);
+      // kLanes independent partial reductions, so that these loops vectorise too
+      acc_t top[kLanes], total[kLanes], weighted[kLanes];
+      for (int l = 0; l < kLanes; ++l) top[l] = v[0];
+      const int64_t body = taps - taps % kLanes;
+      for (int64_t k = 0; k < body; k += kLanes)
+        for (int l = 0; l < kLanes; ++l) top[l] = v[k + l] > top[l] ? v[k + l] : top[l];
+      for (int64_t k = body; k < taps; ++k) top[0] = v[k] > top[0] ? v[k] : top[0];
+      for (int l = 1; l < kLanes; ++l) top[0] = top[l] > top[0] ? top[l] : top[0];
+      const acc_t m0 = top[0];
+      for (int64_t k = 0; k < taps; ++k) ex[k] = exp_nonpositive(v[k] - m0);
+      for (int l = 0; l < kLanes; ++l) total[l] = weighted[l] = acc_t(0);
+      for (int64_t k = 0; k < body; k += kLanes)
+        for (int l = 0; l < kLanes; ++l) {
+          total[l] += ex[k + l];
+          weighted[l] += ex[k + l] * (v[k + l] - m0);
+        }
+      for (int64_t k = body; k < taps; ++k) {
+        total[0] += ex[k];
+        weighted[0] += ex[k] * (v[k] - m0);
       }
-      mx[0] = top;
-      sum[0] = total;
-      wsum[0] = weighted;
+      for (int l = 1; l < kLanes; ++l) {
+        total[0] += total[l];
+        weighted[0] += weighted[l];
+      }
+      mx[0] = m0;
+      sum[0] = total[0];
+      wsum[0] = weighted[0];
       return taps;
     }
     for (int64_t t = t0; t < t1; ++t)
@@ -285,11 +303,15 @@ void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, c
     const acc_t* __restrict__ v = stats.vals.data();
     const acc_t* __restrict__ ex = stats.exps.data();
     acc_t* __restrict__ dv = grads.data();
-    for (int64_t k = 0; k < taps; ++k)
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t at = k * count + i;
-        dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
-      }
+    if (count == 1) {
+      for (int64_t k = 0; k < taps; ++k) dv[k] = weighted_grad(ex[k] * inv_sum[0], v[k], yv[0], gv[0]);
+    } else {
+      for (int64_t k = 0; k < taps; ++k)
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t at = k * count + i;
+          dv[at] = weighted_grad(ex[at] * inv_sum[i], v[at], yv[i], gv[i]);
+        }
+    }
     if (stats.shared_vals != nullptr) {
       // shared exponentials only arise with overlapping windows, so accumulate is set here
       for (int64_t i = 0; i < count; ++i) {
