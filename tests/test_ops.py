@@ -125,7 +125,13 @@ def test_global_window_equals_formula():
     x = sample((2, 5, 4, 7, 7)).requires_grad_()
     y = softpool3d.soft_pool3d(x, kernel_size=tuple(x.shape[-3:]))
     assert y.shape == (2, 5, 1, 1, 1)
-    torch.testing.assert_close(y.double(), formula(x.detach(), (4, 7, 7), (4, 7, 7), (0, 0, 0), False), rtol=1e-5, atol=1e-5)
+    x64 = x.detach().double().requires_grad_()
+    ref = formula(x64, (4, 7, 7), (4, 7, 7), (0, 0, 0), False)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    g = sample(y.shape, torch.float64, seed=1)
+    (dx,) = torch.autograd.grad(y, x, g.float())
+    (dref,) = torch.autograd.grad(ref, x64, g)
+    torch.testing.assert_close(dx.double(), dref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["channels_last_3d", "transposed", "sliced", "expanded_grad"])
