@@ -50,7 +50,9 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint: {error}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a checkpoint of this package ({type(error).__name__} from torch.load)"
+        ) from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     missing = [key for key in REQUIRED_KEYS if key not in state]

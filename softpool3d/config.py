@@ -144,7 +144,8 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
-        raise ConfigError(f"{source}: bad key {key!r}: {error.msg if hasattr(error, 'msg') else error}") from None
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{source}: bad key {key!r}: {message}") from None
 
 
 def _check(cfg: DictConfig, source: str) -> None:
