@@ -79,15 +79,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return gathered
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that can start an epoch part-way, for exact mid-epoch resume.
 
