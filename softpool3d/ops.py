@@ -160,9 +160,12 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if _channels_last(x) else torch.contiguous_format
+
+
 def _output_like(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    fmt = torch.channels_last_3d if _channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
 
 
 @torch.library.custom_op("softpool3d::soft_pool3d_forward", mutates_args=())
@@ -171,7 +174,7 @@ def _forward_op(x: torch.Tensor, kernel: list[int], stride: list[int], padding: 
     module = extension.for_device(x.device)
     if module is None:
         out = soft_pool_reference(x, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
-        return out.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
+        return out.contiguous(memory_format=_memory_format(x))
     return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x), False)
 
 
@@ -189,7 +192,7 @@ def _backward_op(
     module = extension.for_device(x.device)
     if module is None:
         dx = soft_pool_reference_backward(grad, x, y, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
-        return dx.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
+        return dx.contiguous(memory_format=_memory_format(x))
     return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x), False)
 
 
