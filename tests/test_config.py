@@ -2,7 +2,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
+
+from softpool3d.builders import build_model
 
 from softpool3d.config import ConfigError, DEFAULT_CONFIG, load_config, save_config
 from softpool3d.models import list_models
@@ -19,10 +22,13 @@ def test_shipped_configs_are_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(DEFAULT_CONFIG.parent)))
-def test_every_config_loads_and_names_a_registered_model(path):
+def test_every_config_loads_and_builds_its_model(path):
     cfg = load_config(path)
     assert cfg.model.name in list_models()
     assert cfg.model.pool == "soft"
+    with torch.device("meta"):  # structure only, no memory
+        model = build_model(cfg, num_classes=7)
+    assert any(p.shape[0] == 7 for p in model.parameters() if p.ndim == 2)
     # Every key written in the file is a key of the schema with the file's value.
     raw = OmegaConf.to_container(OmegaConf.load(path))
     for section, values in raw.items():
