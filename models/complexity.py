@@ -12,10 +12,10 @@ from softpool3d.models.registry import build_model, default_clip_size
 PUBLISHED: dict[str, tuple[float, float, str]] = {
     "r3d_18": (33.4, 40.7, "torchvision R3D_18_Weights (16x112x112)"),
     "r2plus1d_18": (31.5, 40.5, "torchvision R2Plus1D_18_Weights (16x112x112)"),
-    "x3d_xs": (3.79, 0.60, "X3D paper, Table 3 (4x160x160)"),
-    "x3d_s": (3.79, 1.96, "X3D paper, Table 3 (13x160x160)"),
-    "x3d_m": (3.79, 4.73, "X3D paper, Table 3 (16x224x224)"),
-    "x3d_l": (6.15, 18.4, "X3D paper, Table 3 (16x312x312)"),
+    "x3d_xs": (3.79, 0.60, "X3D paper, Feichtenhofer 2020 (4x160x160)"),
+    "x3d_s": (3.79, 1.96, "X3D paper, Feichtenhofer 2020 (13x160x160)"),
+    "x3d_m": (3.79, 4.73, "X3D paper, Feichtenhofer 2020 (16x224x224)"),
+    "x3d_l": (6.15, 18.4, "X3D paper, Feichtenhofer 2020 (16x312x312)"),
 }
 """Published ``(params in M, GMACs for one view, source)``."""
 

@@ -4,6 +4,7 @@ import torch
 import torchvision
 
 from softpool3d.models import build_model, default_clip_size, freeze_stages, list_models, load_pretrained
+from softpool3d.models.benchmark import time_train_step
 from softpool3d.models.complexity import PUBLISHED, count_complexity
 from softpool3d.models.weights import FrozenBatchNorm3d
 
@@ -129,3 +130,11 @@ def test_params_and_macs_match_published_figures(name):
     assert result.clip_size == default_clip_size(name)
     assert result.params / 1e6 == pytest.approx(params, rel=0.01)
     assert result.macs / 1e9 == pytest.approx(gmacs, rel=0.01)
+
+
+def test_benchmark_times_every_pool_kind_on_the_same_model():
+    timing = time_train_step("r3d_18", (2, 32, 32), batch=2, repeats=2, width=4)
+    assert set(timing.seconds) == {"soft", "max", "avg"}
+    assert all(seconds > 0 for seconds in timing.seconds.values())
+    assert all(len(rounds) == 2 for rounds in timing.rounds.values())
+    assert timing.ratio("soft", "soft") == 1.0

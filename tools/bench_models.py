@@ -56,7 +56,7 @@ def speed_table(device: str, batch: int, repeats: int, channels_last: bool) -> s
         s = timing.seconds
         rows.append(
             f"| {name} | {', '.join(f'{k}={v}' for k, v in kw.items()) or '-'} | {'x'.join(map(str, clip))} | {batch} | {s['soft'] * 1e3:.1f} | {s['max'] * 1e3:.1f} "
-            f"| {s['avg'] * 1e3:.1f} | {s['soft'] / s['max']:.2f} | {s['soft'] / s['avg']:.2f} |"
+            f"| {s['avg'] * 1e3:.1f} | {timing.ratio('soft', 'max'):.2f} | {timing.ratio('soft', 'avg'):.2f} |"
         )
     return "\n".join(rows)
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["complexity", "speed"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--channels-last", action="store_true", help="run in torch.channels_last_3d")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     args = parser.parse_args(argv)
