@@ -33,6 +33,31 @@ void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
   *hi = std::max<int64_t>(last, *lo);
 }
 
+// dst[i] = src[i * step] for i < n; the common steps 1 and 2 get loops with constant strides,
+// which compilers vectorise.
+template <typename dst_t, typename src_t>
+void strided_copy(dst_t* __restrict__ dst, const src_t* __restrict__ src, int64_t step, int64_t n) {
+  if (step == 1) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
+  } else if (step == 2) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[2 * i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i * step]);
+  }
+}
+
+// dst[i * step] = src[i] for i < n, with the same constant-stride cases.
+template <typename dst_t, typename src_t>
+void strided_store(dst_t* __restrict__ dst, const src_t* __restrict__ src, int64_t step, int64_t n) {
+  if (step == 1) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
+  } else if (step == 2) {
+    for (int64_t i = 0; i < n; ++i) dst[2 * i] = static_cast<dst_t>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i * step] = static_cast<dst_t>(src[i]);
+  }
+}
+
 // Row statistics of outputs ow in [o0, o0 + n) of output row (ot, oh), all interior along W.
 // The window values are first gathered into `vals` (taps x n, contiguous in ow) so that the
 // max, exp and sum loops run over contiguous memory and vectorise; m, s and ws receive each
@@ -108,7 +133,7 @@ struct RowStats {
         for (int64_t j = 0; j < g.kernel[2]; ++j, ++taps) {
           const scalar_t* p = plane + t * xs[2] + h * xs[3] + (w0 + j) * xs[4];
           acc_t* __restrict__ dst = v + taps * n;
-          for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(p[i * step]);
+          strided_copy(dst, p, step, n);
         }
     for (int64_t i = 0; i < n; ++i) mx[i] = v[i];
     for (int64_t k = 0; k < taps; ++k)
@@ -330,7 +355,7 @@ void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, c
           if (accumulate) {
             for (int64_t i = 0; i < count; ++i) d[i * step] += static_cast<out_t>(dv[k * count + i]);
           } else {
-            for (int64_t i = 0; i < count; ++i) d[i * step] = static_cast<out_t>(dv[k * count + i]);
+            strided_store(d, dv + k * count, step, count);
           }
         }
   }
