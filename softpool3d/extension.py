@@ -80,5 +80,6 @@ def for_device(device: torch.device) -> ModuleType | None:
     if device.type == "cuda":
         return load(True)
     if device.type == "cpu":
-        return load(torch.cuda.is_available())
+        # the CUDA build holds the CPU kernel too; without nvcc the CPU-only build still works
+        return (load(True) if torch.cuda.is_available() else None) or load(False)
     return None
