@@ -30,7 +30,7 @@ CFLAGS = ("-O3", "-fno-trapping-math", *OPENMP)
 CUDA_CFLAGS = ("-O3", "-DSOFTPOOL_WITH_CUDA")
 
 
-def build(with_cuda: bool, verbose: bool = False, build_directory: str | None = None) -> ModuleType:
+def build(with_cuda: bool, verbose: bool = False) -> ModuleType:
     """Compile (or load from cache) the extension; raises when compilation fails.
 
     ``with_cuda`` adds the ``.cu`` kernel; the module is named ``softpool3d_cuda`` or
@@ -40,8 +40,6 @@ def build(with_cuda: bool, verbose: bool = False, build_directory: str | None = 
 
     sources = [str(CSRC / name) for name in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
     cflags = list(CFLAGS) + (["-DSOFTPOOL_WITH_CUDA"] if with_cuda else [])
-    if build_directory is not None:
-        os.makedirs(build_directory, exist_ok=True)
     return cpp_extension.load(
         name="softpool3d_cuda" if with_cuda else "softpool3d_cpu",
         sources=sources,
@@ -50,7 +48,6 @@ def build(with_cuda: bool, verbose: bool = False, build_directory: str | None = 
         extra_include_paths=[str(CSRC)],
         extra_ldflags=list(OPENMP),
         with_cuda=with_cuda,
-        build_directory=build_directory,
         verbose=verbose,
     )
 
