@@ -52,7 +52,7 @@ class OpenVideo:
         try:
             from decord import VideoReader, cpu
 
-            self._reader = VideoReader(str(path), ctx=cpu(0), num_threads=0)
+            self._reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
             self.info = VideoInfo(len(self._reader), float(self._reader.get_avg_fps()))
         except Exception as decord_error:  # decord raises its own DECORDError and RuntimeErrors
             logger.debug("decord cannot open %s (%s); decoding with PyAV", path, decord_error)
