@@ -1,14 +1,19 @@
 """Just-in-time build and load of the fused SoftPool extension (``softpool3d/csrc``).
 
 The CPU kernel is built with ``torch.utils.cpp_extension.load`` into torch's extensions
-cache on first use; the CUDA kernel is added when ``torch.cuda.is_available()``. The
-build holds an OS-level file lock in its build directory, so DDP ranks, DataLoader workers
-and pytest processes that import it at once build it once and then load it. When building
-fails (no compiler, no nvcc), one warning says why and the op uses the pure-PyTorch path.
+cache on first use; the CUDA kernel is added when ``torch.cuda.is_available()``. Each build
+lives in a folder named by a digest of its sources, flags and torch version, and compiles
+copies of the sources kept in that folder: checkouts with identical sources share one build,
+and different sources (another branch, an edited kernel) get their own folder instead of
+rebuilding each other's. The build holds an OS-level file lock in its folder, so DDP ranks,
+DataLoader workers and pytest processes that import it at once build it once and then load it.
+When building fails (no compiler, no nvcc), one warning says why and the op uses the
+pure-PyTorch path.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import sys
@@ -30,23 +35,66 @@ CFLAGS = ("-O3", "-fno-trapping-math", *OPENMP)
 CUDA_CFLAGS = ("-O3", "-DSOFTPOOL_WITH_CUDA")
 
 
+def _cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found" warning,
+    which only confuses on a machine without a GPU (a CPU build does not use CUDA_HOME)."""
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
+    return cpp_extension
+
+
+def build_name(with_cuda: bool) -> str:
+    """``softpool3d_{cpu,cuda}_<digest>``: the digest covers every file in ``csrc``, the flags
+    and torch's version, so a build is reused exactly when it would come out the same."""
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(repr((with_cuda, CFLAGS, CUDA_CFLAGS, OPENMP, torch.__version__)).encode())
+    return f"softpool3d_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:16]}"
+
+
+def _stage_sources(directory: Path) -> Path:
+    """Copy ``csrc`` into ``directory/src`` (once; the folder's name already fixes its content)."""
+    staged = directory / "src"
+    staged.mkdir(parents=True, exist_ok=True)
+    for path in CSRC.iterdir():
+        target = staged / path.name
+        if not target.exists():
+            temporary = staged / f".{path.name}.{os.getpid()}.tmp"
+            temporary.write_bytes(path.read_bytes())
+            os.replace(temporary, target)
+    return staged
+
+
 def build(with_cuda: bool, verbose: bool = False) -> ModuleType:
     """Compile (or load from cache) the extension; raises when compilation fails.
 
-    ``with_cuda`` adds the ``.cu`` kernel; the module is named ``softpool3d_cuda`` or
-    ``softpool3d_cpu`` so that both builds can live side by side in the cache.
+    ``with_cuda`` adds the ``.cu`` kernel; see :func:`build_name` for where the build lives.
+    A build that has to compile says so first, since it takes about a minute.
     """
-    from torch.utils import cpp_extension
-
-    sources = [str(CSRC / name) for name in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
+    cpp_extension = _cpp_extension()
+    name = build_name(with_cuda)
+    directory = Path(cpp_extension._get_build_directory(name, verbose))
+    staged = _stage_sources(directory)
+    if not (directory / f"{name}.so").exists():
+        logger.info("building the SoftPool %s extension once (about a minute) in %s",
+                    "CPU + CUDA" if with_cuda else "CPU", directory)
+    sources = [str(staged / source) for source in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
     cflags = list(CFLAGS) + (["-DSOFTPOOL_WITH_CUDA"] if with_cuda else [])
     return cpp_extension.load(
-        name="softpool3d_cuda" if with_cuda else "softpool3d_cpu",
+        name=name,
         sources=sources,
         extra_cflags=cflags,
         extra_cuda_cflags=list(CUDA_CFLAGS) if with_cuda else None,
-        extra_include_paths=[str(CSRC)],
+        extra_include_paths=[str(staged)],
         extra_ldflags=list(OPENMP),
+        build_directory=str(directory),
         with_cuda=with_cuda,
         verbose=verbose,
     )

@@ -68,3 +68,16 @@ def test_processes_building_at_once_share_one_build(tmp_path):
         assert process.returncode == 0, log
     builds = list(tmp_path.glob("**/softpool3d_cpu*.so"))
     assert len(builds) == 1, builds
+
+
+def test_build_name_follows_the_sources_not_their_place(tmp_path, monkeypatch):
+    """Two checkouts with identical sources share one build; an edited source gets its own."""
+    copy = tmp_path / "csrc"
+    shutil.copytree(extension.CSRC, copy)
+    original = extension.build_name(with_cuda=False)
+    monkeypatch.setattr(extension, "CSRC", copy)
+    assert extension.build_name(with_cuda=False) == original
+    assert extension.build_name(with_cuda=True) != original
+    kernel = copy / "softpool_kernel.h"
+    kernel.write_text(kernel.read_text() + "\n// edited\n")
+    assert extension.build_name(with_cuda=False) != original
