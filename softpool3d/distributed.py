@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -31,10 +32,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     """Join torchrun's process group if ``WORLD_SIZE`` > 1; pick CUDA (``local_rank``) or the CPU.
 
-    ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. A collective that
+    waits longer than ``timeout_s`` for a peer (a rank that hangs) fails instead of blocking forever;
+    a rank that dies ends the job sooner, as torchrun's agent stops the others.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,8 +51,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world_size, local_rank, target)
+
+
+def restart_count() -> int:
+    """How many times torchrun's agent has restarted this job's workers (``--max-restarts``); 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def cleanup() -> None:
