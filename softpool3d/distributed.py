@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -51,8 +51,26 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, target)
+
+
+def _attempt_store(world_size: int, timeout: timedelta) -> Optional[dist.Store]:
+    """After a torchrun restart, the agent's TCP store under a prefix of its own; None otherwise
+    (``init_process_group`` then reads ``MASTER_ADDR``/``MASTER_PORT`` itself).
+
+    The agent serves one store to every attempt (``TORCHELASTIC_USE_AGENT_STORE``), so the
+    addresses that the killed attempt's ranks published are still there: without a fresh prefix
+    the new ranks read them and fail to connect to peers that no longer exist.
+    """
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"softpool3d/attempt_{attempt}/", store)
 
 
 def restart_count() -> int:
