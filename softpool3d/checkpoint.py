@@ -107,6 +107,20 @@ def _verified(data: bytes, path: Path) -> bytes:
     return data
 
 
+def has_digest(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a file that ends with a softpool3d digest (a checkpoint of ours, intact
+    or not), as opposed to someone else's weights file."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() < _COMMENT_LENGTH + 2:
+                return False
+            file.seek(-_COMMENT_LENGTH, os.SEEK_END)
+            return file.read(len(_DIGEST_PREFIX)) == _DIGEST_PREFIX
+    except OSError:
+        return False
+
+
 def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
     """Write ``state`` plus ``meta`` (:func:`provenance`) to ``path`` with its digest, atomically: a
     temporary ``.<name>.<random>.tmp`` in the same directory, fsync, then ``os.replace``. The file

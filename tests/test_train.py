@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from softpool3d import builders, cli, train as train_module
-from softpool3d.checkpoint import load_checkpoint
+from softpool3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softpool3d.config import load_config
 from softpool3d.optim import param_groups, warmup_cosine
 from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
@@ -121,6 +121,21 @@ def test_fine_tuning_loads_backbone_new_head_and_freezes_stages(tmp_path, synthe
     frozen = [k for k in pretrained if k.startswith(("stem.", "layer1."))]
     assert frozen and all(torch.equal(tuned[k], pretrained[k]) for k in frozen)
     assert not torch.equal(tuned["layer2.0.conv1.0.weight"], pretrained["layer2.0.conv1.0.weight"])
+
+
+def test_pretrained_checkpoint_of_ours_is_digest_checked(tmp_path):
+    cfg = _cfg(tmp_path)
+    source = builders.build_model(cfg, 3).state_dict()
+    path = save_checkpoint({"model": source, "optimizer": {}, "scheduler": {}, "epoch": 1, "step": 1, "config": {},
+                            "classes": ["a", "b", "c"]}, tmp_path / "ours.pt")
+    cfg.model.pretrained = str(path)
+    loaded = builders.build_model(cfg, 3).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.items())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="ours.pt is unreadable: its contents are damaged"):
+        builders.build_model(cfg, 3)
 
 
 def _errors(caplog):
