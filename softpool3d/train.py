@@ -357,7 +357,8 @@ class _Trainer:
         loss_mean = float(summary[0]) / self.dist.world_size
         problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"),
                                                 summary[1:].tolist()) if count > 0]
-        where = f"step {self.state.step + 1} (epoch {self.state.epoch + 1}, loss {loss_mean:.6g}, grad norm {float(norm):.6g})"
+        where = (f"step {self.state.step + 1} (epoch {self.state.epoch + 1}, loss {loss_mean:.6g}, "
+                 f"grad norm {float(norm):.6g})")
         if not self.guard.step_ok(problems, where):
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):

@@ -66,7 +66,7 @@ def test_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path, umask, mask):
     assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_checkpoint_records_versions_commit_and_config(tmp_path):
+def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tmp_path):
     meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "last.pt"))["meta"]
     assert meta["softpool3d"] == softpool3d.__version__
     assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
