@@ -4,26 +4,26 @@ state for exact resume and what is needed to reproduce the run.
 A checkpoint holds ``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``scheduler``,
 ``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
 ``step_in_epoch``, ``config`` (plain dict), ``classes``, ``rng`` (one entry per rank: python,
-numpy, torch and cuda states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and ``meta``
-(:func:`provenance`: package version, git commit, python, torch and CUDA versions).
+numpy, torch and cuda states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
+``consecutive_skips`` (non-finite steps skipped), and ``meta`` (:func:`provenance`: package
+version, git commit, python, torch and CUDA versions).
 
 The file is the zip archive ``torch.save`` writes, whose zip comment is
 ``softpool3d-sha256:<hex>``: the SHA-256 of every byte of the file before the comment's length
-field. :func:`load_checkpoint` checks it before unpickling anything, so a damaged file is refused,
-never used. Plain ``torch.load(path, weights_only=True)`` still reads the file (zip readers accept
+field, hashed while ``torch.save`` streams the archive out. :func:`load_checkpoint` checks it
+before unpickling anything, so a damaged file is refused, never used. Plain ``torch.load(path, weights_only=True)`` still reads the file (zip readers accept
 a comment), without the check.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import platform
 import random
 import secrets
 import struct
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "
 
 _DIGEST_PREFIX = b"softpool3d-sha256:"
 _COMMENT_LENGTH = len(_DIGEST_PREFIX) + 64  # the prefix and 64 hex digits
-_END_OF_CENTRAL_DIRECTORY = b"PK\x05\x06"  # a zip archive's last record: 22 bytes, then the comment
+_END_OF_CENTRAL_DIRECTORY = b"PK\x05\x06"  # the signature of a zip archive's last record
+_END_RECORD_LENGTH = 22  # that record's length; its last 2 bytes give the comment's length
 _SOURCE_TREE = Path(softpool3d.__file__).resolve().parent.parent
 
 
@@ -80,31 +81,61 @@ def provenance() -> dict[str, Optional[str]]:
     }
 
 
-def _signed(payload: bytes) -> bytes:
-    """``payload`` (a zip archive with an empty comment) with the digest as its comment."""
-    if payload[-22:-18] != _END_OF_CENTRAL_DIRECTORY or payload[-2:] != b"\0\0":
-        raise RuntimeError("torch.save did not end its archive with an empty zip comment; cannot sign it")
-    body = payload[:-2]
-    return body + struct.pack("<H", _COMMENT_LENGTH) + _DIGEST_PREFIX + hashlib.sha256(body).hexdigest().encode()
+class _SigningWriter:
+    """What ``torch.save`` writes into: passes the archive on to ``file`` and hashes it; :meth:`sign`
+    then turns the archive's empty zip comment into the digest."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.sha256, self.tail = file, hashlib.sha256(), b""
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        self.file.write(view)
+        if len(view) >= _END_RECORD_LENGTH:  # hash all but the last record seen so far
+            self.sha256.update(self.tail)
+            self.sha256.update(view[:-_END_RECORD_LENGTH])
+            self.tail = bytes(view[-_END_RECORD_LENGTH:])
+        else:
+            joined = self.tail + bytes(view)
+            self.sha256.update(joined[:-_END_RECORD_LENGTH])
+            self.tail = joined[-_END_RECORD_LENGTH:]
+        return len(view)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def sign(self) -> None:
+        if not self.tail.startswith(_END_OF_CENTRAL_DIRECTORY) or not self.tail.endswith(b"\0\0"):
+            raise RuntimeError("torch.save did not end its archive with an empty zip comment; cannot sign it")
+        self.sha256.update(self.tail[:-2])
+        self.file.seek(-2, os.SEEK_END)
+        self.file.write(struct.pack("<H", _COMMENT_LENGTH) + _DIGEST_PREFIX + self.sha256.hexdigest().encode())
 
 
-def _verified(data: bytes, path: Path) -> bytes:
-    """``data`` if its digest holds; raise :class:`CheckpointError` saying what failed otherwise."""
+def _verify(file: BinaryIO, path: Path) -> None:
+    """Check the digest of the open checkpoint ``file``; raise :class:`CheckpointError` saying what failed."""
     unreadable = f"checkpoint {path} is unreadable"
-    if not data:
+    size = file.seek(0, os.SEEK_END)
+    if size == 0:
         raise CheckpointError(f"{unreadable}: the file is empty")
-    comment = data[-_COMMENT_LENGTH:]
-    length = data[-_COMMENT_LENGTH - 2 : -_COMMENT_LENGTH]
-    if not comment.startswith(_DIGEST_PREFIX) or length != struct.pack("<H", _COMMENT_LENGTH):
+    body = max(size - _COMMENT_LENGTH - 2, 0)
+    file.seek(body)
+    end = file.read()
+    if end[:2] != struct.pack("<H", _COMMENT_LENGTH) or end[2 : 2 + len(_DIGEST_PREFIX)] != _DIGEST_PREFIX:
         raise CheckpointError(f"{unreadable}: it does not end with a softpool3d digest (truncated, damaged at its "
                               f"end, or not a checkpoint written by softpool3d)")
-    expected = comment[len(_DIGEST_PREFIX) :].decode("ascii", errors="replace")
-    body = data[: -_COMMENT_LENGTH - 2]
-    actual = hashlib.sha256(body).hexdigest()
-    if actual != expected:
-        raise CheckpointError(f"{unreadable}: its contents are damaged (SHA-256 {actual} of its {len(body)} bytes, "
-                              f"the digest stored in it is {expected})")
-    return data
+    expected = end[2 + len(_DIGEST_PREFIX) :].decode("ascii", errors="replace")
+    file.seek(0)
+    sha256, chunk, left = hashlib.sha256(), bytearray(1 << 20), body
+    while left > 0:
+        read = file.readinto(memoryview(chunk)[: min(len(chunk), left)])
+        if not read:
+            break
+        sha256.update(memoryview(chunk)[:read])
+        left -= read
+    if sha256.hexdigest() != expected:
+        raise CheckpointError(f"{unreadable}: its contents are damaged (SHA-256 {sha256.hexdigest()} of its first "
+                              f"{body} bytes, the digest stored in it is {expected})")
 
 
 def has_digest(path: Union[str, os.PathLike]) -> bool:
@@ -127,9 +158,6 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Pat
     gets the mode a plain ``open`` would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({**state, "meta": provenance()}, buffer)
-    data = _signed(buffer.getvalue())
     while True:
         temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
         try:
@@ -139,7 +167,9 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Pat
             continue
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            writer = _SigningWriter(file)
+            torch.save({**state, "meta": provenance()}, writer)
+            writer.sign()
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -168,16 +198,18 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = path.read_bytes()
+        # One open file for the check and the load: save_checkpoint replaces files, never rewrites them.
+        with open(path, "rb") as file:
+            _verify(file, path)
+            file.seek(0)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as error:  # an intact file torch cannot unpickle: another torch version, a foreign type
+                reason = " ".join(str(error).split())[:300]
+                raise CheckpointError(f"checkpoint {path} is unreadable: torch.load failed on its intact contents "
+                                      f"({type(error).__name__}: {reason})") from error
     except OSError as error:
         raise CheckpointError(f"checkpoint {path} is unreadable: {error.strerror or error}") from error
-    verified = _verified(data, path)
-    try:
-        state = torch.load(io.BytesIO(verified), map_location="cpu", weights_only=True)
-    except Exception as error:  # an intact file torch cannot unpickle: another torch version, a foreign type
-        reason = " ".join(str(error).split())[:300]
-        raise CheckpointError(f"checkpoint {path} is unreadable: torch.load failed on its intact contents "
-                              f"({type(error).__name__}: {reason})") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     missing = [key for key in REQUIRED_KEYS if key not in state]
