@@ -24,9 +24,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite (one reduction per tensor, one sync)."""
-    flags = [torch.isfinite(tensor).all() for tensor in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Whether every element of every tensor is finite; meant for many small tensors (BatchNorm
+    statistics), checked as one concatenation."""
+    flat = [tensor.reshape(-1) for tensor in tensors]
+    return bool(torch.isfinite(torch.cat(flat)).all()) if flat else True
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from softpool3d import builders, cli, train as train_module
 from softpool3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softpool3d.config import load_config
+from softpool3d.nonfinite import NonFiniteGuard
 from softpool3d.optim import param_groups, warmup_cosine
 from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
 from softpool3d.train import NonFiniteLossError, seed_everything, train
@@ -173,6 +174,14 @@ def test_consecutive_nonfinite_steps_stop_a_skipping_run(tmp_path, synthetic, ca
     assert error.endswith(f"stopping after {cap} non-finite steps in a row (train.max_consecutive_skips={cap}, "
                           f"{cap} skipped in all); no checkpoint written yet")
     assert caplog.text.count("update skipped") == cap - 1
+
+
+def test_a_good_step_resets_the_consecutive_skip_count():
+    guard = NonFiniteGuard("skip", max_consecutive_skips=2)
+    assert [guard.step_ok(problems, "here") for problems in (["loss"], [], ["loss"], [])] == [False, True, False, True]
+    assert guard.step_ok(["loss"], "here") is False
+    with pytest.raises(NonFiniteLossError, match="stopping after 2 non-finite steps in a row .* 4 skipped in all"):
+        guard.step_ok(["gradient norm"], "here")
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
