@@ -1,5 +1,6 @@
 """The training loop in one process on synthetic clips: files written, NaN policy, resume, fine-tuning,
 the run-directory lock and unwritable output directories."""
+import hashlib
 import json
 import math
 import multiprocessing
@@ -137,6 +138,20 @@ def test_pretrained_checkpoint_of_ours_is_digest_checked(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="ours.pt is unreadable: its contents are damaged"):
         builders.build_model(cfg, 3)
+
+
+def test_resume_from_a_bit_flipped_checkpoint_is_refused(tmp_path, synthetic, caplog):
+    last = train(_cfg(tmp_path, "train.epochs=1", "train.test_after_train=false")).last_checkpoint
+    data = bytearray(last.read_bytes())
+    weights = load_checkpoint(last)["model"]["fc.weight"].numpy().tobytes()
+    start = bytes(data).find(weights)
+    assert start > 0
+    data[start : start + 64] = bytes(b ^ 0x10 for b in data[start : start + 64])
+    last.write_bytes(bytes(data))
+    assert cli.train_main(_overrides(tmp_path, "train.epochs=2", "resume=auto")) == 2
+    assert _errors(caplog) == [f"checkpoint {last} is unreadable: its contents are damaged (SHA-256 "
+                               f"{hashlib.sha256(data[:-84]).hexdigest()} of its first {len(data) - 84} bytes, the "
+                               f"digest stored in it is {data[-64:].decode()})"]
 
 
 def _errors(caplog):
