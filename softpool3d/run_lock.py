@@ -73,13 +73,6 @@ class RunLock:
         os.close(self._fd)  # closing the descriptor releases the POSIX lock
         self._fd = None
 
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
 
 def _check_writable(directory: Path) -> None:
     probe = directory / f".write-probe.{os.getpid()}"
