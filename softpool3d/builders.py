@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from softpool3d.checkpoint import has_digest, load_checkpoint
 from softpool3d.datasets import ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
@@ -60,7 +61,8 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         kwargs["width"] = cfg.model.width
     model = build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
     if cfg.model.pretrained:
-        report = load_pretrained(model, cfg.model.pretrained)
+        source = cfg.model.pretrained  # a checkpoint of ours is read, digest checked, by load_checkpoint
+        report = load_pretrained(model, load_checkpoint(source) if has_digest(source) else source)
         if report.missing_keys:
             logger.warning("pretrained %s left %d keys untouched: %s", cfg.model.pretrained,
                            len(report.missing_keys), report.missing_keys[:5])

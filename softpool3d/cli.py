@@ -10,7 +10,9 @@ from typing import Optional, Sequence
 from softpool3d.checkpoint import CheckpointError
 from softpool3d.config import ConfigError, load_config
 from softpool3d.evaluate import run_test
-from softpool3d.train import NonFiniteLossError, train
+from softpool3d.nonfinite import NonFiniteLossError
+from softpool3d.run_lock import RunDirError
+from softpool3d.train import train
 
 logger = logging.getLogger("softpool3d")
 
@@ -36,7 +38,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
-    except (ConfigError, CheckpointError, NonFiniteLossError) as error:
+    except (ConfigError, CheckpointError, NonFiniteLossError, RunDirError) as error:
         logger.error("%s", error)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

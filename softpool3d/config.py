@@ -84,7 +84,9 @@ class TrainConfig:
     ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
     ``deterministic``: ``torch.use_deterministic_algorithms``. ``num_threads``: CPU threads of
-    each process (0: torch's default; torchrun sets 1).
+    each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
+    ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
+    long a collective waits for a peer before failing (under torchrun).
     """
 
     epochs: int = 10
@@ -98,6 +100,8 @@ class TrainConfig:
     val_every: int = 1
     checkpoint_every_steps: int = 0
     nonfinite: str = "stop"
+    max_consecutive_skips: int = 3
+    dist_timeout_s: int = 600
     seed: int = 0
     deterministic: bool = False
     test_after_train: bool = True
@@ -105,9 +109,14 @@ class TrainConfig:
 
 @dataclass
 class DebugConfig:
-    """Fault injection and consistency checks used by the tests."""
+    """Fault injection and consistency checks used by the tests.
+
+    ``kill_at_step``: after that optimizer step, SIGKILL rank ``kill_rank`` (-1: every rank); only
+    on a job's first attempt, not after a torchrun restart.
+    """
 
     kill_at_step: int = -1
+    kill_rank: int = -1
     step_checksums: bool = False
 
 
@@ -153,7 +162,8 @@ def _check(cfg: DictConfig, source: str) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
-    for key in ("train.epochs", "train.accumulate", "train.val_every", "data.batch_size", "data.num_frames"):
+    for key in ("train.epochs", "train.accumulate", "train.val_every", "data.batch_size", "data.num_frames",
+                "train.max_consecutive_skips", "train.dist_timeout_s"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {OmegaConf.select(cfg, key)}")
 

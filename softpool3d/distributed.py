@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from datetime import timedelta
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,10 +32,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     """Join torchrun's process group if ``WORLD_SIZE`` > 1; pick CUDA (``local_rank``) or the CPU.
 
-    ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. A collective that
+    waits longer than ``timeout_s`` for a peer (a rank that hangs) fails instead of blocking forever;
+    a rank that dies ends the job sooner, as torchrun's agent stops the others.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,8 +51,31 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, target)
+
+
+def _attempt_store(world_size: int, timeout: timedelta) -> Optional[dist.Store]:
+    """After a torchrun restart, the agent's TCP store under a prefix of its own; None otherwise
+    (``init_process_group`` then reads ``MASTER_ADDR``/``MASTER_PORT`` itself).
+
+    The agent serves one store to every attempt (``TORCHELASTIC_USE_AGENT_STORE``), so the
+    addresses that the killed attempt's ranks published are still there: without a fresh prefix
+    the new ranks read them and fail to connect to peers that no longer exist.
+    """
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"softpool3d/attempt_{attempt}/", store)
+
+
+def restart_count() -> int:
+    """How many times torchrun's agent has restarted this job's workers (``--max-restarts``); 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def cleanup() -> None:

@@ -1,9 +1,12 @@
 """The training loop: DDP under torchrun (one process without it), AMP, accumulation, clipping,
 validation, TensorBoard, atomic checkpoints and exact resume.
 
-``train(cfg)`` runs a whole job: optionally generate the demo videos, train ``train.epochs``
-epochs with validation every ``train.val_every`` epochs (clip top-1/top-5), then evaluate the
-test split with ``data.num_clips x data.num_crops`` views per video.
+``train(cfg)`` runs a whole job: claim the run directory (:mod:`softpool3d.run_lock`),
+optionally generate the demo videos, train ``train.epochs`` epochs with validation every
+``train.val_every`` epochs (clip top-1/top-5), then evaluate the test split with
+``data.num_clips x data.num_crops`` views per video. Non-finite steps are handled by
+:mod:`softpool3d.nonfinite`. After a torchrun restart (``--max-restarts``) the job resumes from
+its ``last.pt`` by itself.
 """
 from __future__ import annotations
 
@@ -40,16 +43,15 @@ from softpool3d.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    restart_count,
 )
 from softpool3d.evaluate import EvalResult, evaluate, write_predictions
 from softpool3d.metrics import confusion_image
+from softpool3d.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
 from softpool3d.optim import build_optimizer, build_scheduler
+from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite and ``train.nonfinite=stop``."""
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainResult:
     clips_per_s: float
     val_top1: Optional[float]
     test: Optional[EvalResult]
+    skipped_steps: int = 0
 
 
 @dataclass
@@ -97,11 +100,30 @@ def parameter_digest(model: nn.Module) -> str:
 
 def train(cfg: DictConfig) -> TrainResult:
     """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one)."""
-    dist_info = init_distributed(cfg.train.device)
+    dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    lock = None
     try:
+        lock = _claim_run_dir(cfg, dist_info)
         return _Trainer(cfg, dist_info).run()
     finally:
+        if lock is not None:
+            lock.release()
         cleanup()
+
+
+def _claim_run_dir(cfg: DictConfig, dist_info: DistInfo) -> Optional[RunLock]:
+    """Rank 0 claims the run directory (writable, locked, stale temporaries gone); if it cannot,
+    every rank raises its :class:`RunDirError`."""
+    lock, error = None, None
+    if dist_info.is_main:
+        try:
+            lock = claim_run_dir(run_dir(cfg))
+        except RunDirError as caught:
+            error = str(caught)
+    error = all_gather_objects(error)[0]
+    if error is not None:
+        raise RunDirError(error)
+    return lock
 
 
 class _Trainer:
@@ -145,6 +167,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.state = _State()
+        self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_consecutive_skips)
+        self.float_buffers = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
         self._resume()
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -157,6 +181,10 @@ class _Trainer:
 
     def _resume(self) -> None:
         resume = self.cfg.resume
+        restarts = restart_count()
+        if restarts > 0 and (self.checkpoint_dir / "last.pt").is_file():
+            logger.warning("torchrun restarted the job (restart %d): resuming from its last checkpoint", restarts)
+            resume = "auto"
         if not resume:
             return
         path = self.checkpoint_dir / "last.pt" if resume == "auto" else Path(resume)
@@ -173,6 +201,9 @@ class _Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = _State(checkpoint["epoch"], checkpoint["step"], checkpoint.get("step_in_epoch", 0),
                             checkpoint.get("best_top1", -1.0))
+        self.guard.skipped = checkpoint.get("skipped_steps", 0)
+        self.guard.consecutive = checkpoint.get("consecutive_skips", 0)
+        self.guard.last_checkpoint = (path, self.state.step)
         states = checkpoint.get("rng") or []
         if len(states) == self.dist.world_size:
             set_rng_state(states[self.dist.rank])
@@ -182,9 +213,25 @@ class _Trainer:
         logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
 
     def _checkpoint(self, name: str) -> Path:
-        """Write ``checkpoints/<name>.pt`` on rank 0 (collective: every rank contributes its RNG state)."""
-        states = all_gather_objects(rng_state())
+        """Write ``checkpoints/<name>.pt`` on rank 0 (collective: every rank contributes its RNG state).
+
+        Raises :class:`NonFiniteLossError` on every rank, writing nothing, if a model or optimizer
+        tensor of rank 0 holds a NaN or an inf.
+        """
         path = self.checkpoint_dir / f"{name}.pt"
+        bad = None
+        if self.dist.is_main:
+            bad = nonfinite_tensors([(f"model {key}", value) for key, value in self.model.state_dict().items()])
+            bad += nonfinite_tensors([(f"optimizer state {index} {key}", value)
+                                      for index, entry in self.optimizer.state_dict()["state"].items()
+                                      for key, value in entry.items() if isinstance(value, torch.Tensor)])
+        gathered = all_gather_objects((rng_state(), bad))
+        states, bad = [state for state, _ in gathered], gathered[0][1]
+        if bad:
+            raise NonFiniteLossError(
+                f"refusing to write {path} at step {self.state.step}: {len(bad)} tensor(s) hold NaN/inf, first "
+                f"{bad[0]}; {self.guard.last_good()}"
+            )
         if self.dist.is_main:
             save_checkpoint({
                 "model": self.model.state_dict(),
@@ -199,7 +246,11 @@ class _Trainer:
                 "config": to_container(self.cfg),
                 "classes": self.classes,
                 "rng": states,
+                "skipped_steps": self.guard.skipped,
+                "consecutive_skips": self.guard.consecutive,
             }, path)
+        if name == "last":
+            self.guard.last_checkpoint = (path, self.state.step)
         return path
 
     def run(self) -> TrainResult:
@@ -224,12 +275,15 @@ class _Trainer:
             run_dir=self.run_dir, last_checkpoint=last, best_checkpoint=best if best.is_file() else None,
             tensorboard_dir=self.tensorboard_dir, step=self.state.step,
             clips_per_s=self.state.clips / self.state.seconds if self.state.seconds else 0.0,
-            val_top1=val_top1, test=test,
+            val_top1=val_top1, test=test, skipped_steps=self.guard.skipped,
         )
+        if self.guard.skipped:
+            logger.warning("%d of %d steps were skipped as non-finite (train.nonfinite=skip)", self.guard.skipped,
+                           result.step)
         if self.dist.is_main:
             summary = {"step": result.step, "world_size": self.dist.world_size, "clips_per_s": result.clips_per_s,
-                       "val_top1": val_top1, "test_top1": test.top1 if test else None,
-                       "test_top5": test.top5 if test else None}
+                       "skipped_steps": self.guard.skipped, "val_top1": val_top1,
+                       "test_top1": test.top1 if test else None, "test_top5": test.top5 if test else None}
             (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         return result
 
@@ -284,7 +338,8 @@ class _Trainer:
         return [buffer.clone() for buffer in self.model.buffers()]
 
     def _optimizer_step(self, local_loss: torch.Tensor, buffers: Optional[list[torch.Tensor]]) -> float:
-        """Check the loss on every rank, then step (or skip, or stop); returns the loss averaged over ranks.
+        """Check the loss, gradient norm and BatchNorm statistics on every rank, then step (or skip,
+        or stop: :class:`NonFiniteGuard`); returns the loss averaged over ranks.
 
         A skipped step also restores the buffers (BatchNorm statistics) from ``buffers``, taken
         before its forward passes.
@@ -295,16 +350,16 @@ class _Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).detach().double().cpu()
-        loss_bad = float(not torch.isfinite(local_loss))
-        grad_bad = float(not torch.isfinite(norm)) if self.scaler is None else 0.0
-        summary = all_reduce_sum(torch.tensor([float(local_loss), loss_bad + grad_bad], dtype=torch.float64,
+        flags = [not torch.isfinite(local_loss), self.scaler is None and not torch.isfinite(norm),
+                 not all_finite(self.float_buffers)]
+        summary = all_reduce_sum(torch.tensor([float(local_loss), *map(float, flags)], dtype=torch.float64,
                                               device=self.device)).cpu()
         loss_mean = float(summary[0]) / self.dist.world_size
-        if summary[1] > 0:
-            where = f"step {self.state.step + 1} (epoch {self.state.epoch + 1}, loss {loss_mean}, grad norm {float(norm)})"
-            if cfg.train.nonfinite == "stop":
-                raise NonFiniteLossError(f"non-finite loss or gradient at {where}; stopping (train.nonfinite=stop)")
-            logger.warning("non-finite loss or gradient at %s: update skipped (train.nonfinite=skip)", where)
+        problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"),
+                                                summary[1:].tolist()) if count > 0]
+        where = (f"step {self.state.step + 1} (epoch {self.state.epoch + 1}, loss {loss_mean:.6g}, "
+                 f"grad norm {float(norm):.6g})")
+        if not self.guard.step_ok(problems, where):
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
                     buffer.copy_(saved)
@@ -331,9 +386,10 @@ class _Trainer:
         every = cfg.train.checkpoint_every_steps
         if every > 0 and step % every == 0 and self.state.step_in_epoch < self.steps_per_epoch:
             self._checkpoint("last")
-        if step == cfg.debug.kill_at_step:
+        if step == cfg.debug.kill_at_step and restart_count() == 0:
             barrier()
-            os.kill(os.getpid(), signal.SIGKILL)
+            if cfg.debug.kill_rank in (-1, self.dist.rank):
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _validate(self, epoch: int) -> float:
         cfg = self.cfg

@@ -1,18 +1,43 @@
-"""Checkpoints: atomic writes, round trips, RNG states, clear errors for corrupt files."""
+"""Checkpoints: atomic writes with the usual file mode, round trips, a digest that refuses damaged
+files, one clear error for every unreadable file, provenance, stale temporaries, RNG states."""
+import os
 import random
+import shutil
+import subprocess
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from softpool3d.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+import softpool3d
+from softpool3d import cli
+from softpool3d.checkpoint import (
+    CheckpointError,
+    git_commit,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def _state():
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": {}, "epoch": 1,
-            "step": 7, "config": {"name": "x"}, "classes": ["a", "b"]}
+    return {"model": {**model.state_dict(), "ramp": torch.arange(1000, dtype=torch.float32)},
+            "optimizer": optimizer.state_dict(), "scheduler": {}, "epoch": 1, "step": 7, "config": {"name": "x"},
+            "classes": ["a", "b"]}
+
+
+@pytest.fixture
+def umask():
+    def set_mask(mask):
+        os.umask(mask)
+    saved = os.umask(0o022)
+    yield set_mask
+    os.umask(saved)
 
 
 def test_round_trip_and_no_temporary_left(tmp_path):
@@ -25,24 +50,124 @@ def test_round_trip_and_no_temporary_left(tmp_path):
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["last.pt"]
 
 
-def test_truncated_checkpoint_fails_naming_file(tmp_path):
+def test_plain_torch_load_with_weights_only_still_reads_the_file(tmp_path):
     path = save_checkpoint(_state(), tmp_path / "last.pt")
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="last.pt.*corrupt"):
+    plain = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(plain["model"]["ramp"], torch.arange(1000, dtype=torch.float32))
+    assert zipfile.ZipFile(path).comment.startswith(b"softpool3d-sha256:")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path, umask, mask):
+    umask(mask)
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # what open() creates under this umask
+    path = save_checkpoint(_state(), tmp_path / "last.pt")
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tmp_path):
+    meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "last.pt"))["meta"]
+    assert meta["softpool3d"] == softpool3d.__version__
+    assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
+    if shutil.which("git") and (softpool3d.checkpoint._SOURCE_TREE / ".git").exists():
+        head = subprocess.run(["git", "-C", str(softpool3d.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert meta["git_commit"] == head
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command as the reference")
+def test_git_commit_reads_repositories_worktrees_packed_refs_and_detached_heads(tmp_path):
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    git("init", "-q", "-b", "main")
+    for message in ("one", "two"):
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message)
+    assert git_commit(tmp_path / "repo") == git("rev-parse", "HEAD")
+    git("worktree", "add", "-q", "-b", "side", str(tmp_path / "wt"), "HEAD~1")
+    assert git_commit(tmp_path / "wt") == git("rev-parse", "HEAD", cwd=tmp_path / "wt") != git("rev-parse", "HEAD")
+    git("pack-refs", "--all")
+    assert git_commit(tmp_path / "repo") == git("rev-parse", "HEAD")
+    assert git_commit(tmp_path / "wt") == git("rev-parse", "HEAD", cwd=tmp_path / "wt")
+    git("checkout", "-q", "--detach", "HEAD~1")
+    assert git_commit(tmp_path / "repo") == git("rev-parse", "HEAD")
+    assert git_commit(tmp_path / "nothing") is None
+
+
+def test_flipped_bytes_in_tensor_data_are_refused(tmp_path):
+    path = save_checkpoint(_state(), tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    start = bytes(data).find(torch.arange(1000, dtype=torch.float32).numpy().tobytes())
+    assert start > 0
+    data[start + 400 : start + 464] = bytes(b ^ 0xFF for b in data[start + 400 : start + 464])
+    path.write_bytes(bytes(data))
+    # Without the digest the damage goes unnoticed: torch reads other numbers.
+    damaged = torch.load(path, map_location="cpu", weights_only=True)["model"]["ramp"]
+    assert not torch.equal(damaged, torch.arange(1000, dtype=torch.float32))
+    with pytest.raises(CheckpointError, match=r"last\.pt is unreadable: its contents are damaged \(SHA-256"):
         load_checkpoint(path)
 
 
-def test_garbage_and_wrong_content_fail_naming_file(tmp_path):
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError, match="garbage.pt"):
-        load_checkpoint(garbage)
-    partial = tmp_path / "partial.pt"
-    torch.save({"model": {}}, partial)
+def test_damaged_digest_is_refused(tmp_path):
+    path = save_checkpoint(_state(), tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    data[-1] = ord("0") if data[-1] != ord("0") else ord("1")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="contents are damaged"):
+        load_checkpoint(path)
+
+
+def _foreign_zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+
+
+UNREADABLE = {
+    "empty": lambda path: path.write_bytes(b""),
+    "text": lambda path: path.write_text("epoch: 3\nthis is a text file, not a checkpoint\n" * 20),
+    "random bytes": lambda path: path.write_bytes(np.random.default_rng(0).bytes(5000)),
+    "truncated": lambda path: path.write_bytes(save_checkpoint(_state(), path).read_bytes()[:100]),
+    "cut at the end": lambda path: path.write_bytes(save_checkpoint(_state(), path).read_bytes()[:-1]),
+    "foreign zip": _foreign_zip,
+    "plain torch.save": lambda path: torch.save(_state(), path),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+def test_every_unreadable_file_gets_the_same_clear_error(tmp_path, kind):
+    path = tmp_path / "model.pt"
+    UNREADABLE[kind](path)
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*model\.pt is unreadable: "):
+        load_checkpoint(path)
+
+
+def test_directory_missing_file_and_missing_keys_fail_naming_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is unreadable"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    partial = save_checkpoint({"model": {}}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="partial.pt lacks keys"):
         load_checkpoint(partial)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_test_tool_given_a_text_file_exits_2_with_one_line(tmp_path, caplog):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")
+    assert cli.test_main([str(text)]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and str(text) in errors[0]
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    keep = [tmp_path / "last.pt", tmp_path / "best.pt", tmp_path / "notes.tmp"]
+    stale = [tmp_path / ".last.pt.a1b2c3d4.tmp", tmp_path / ".best.pt.k_x9z2q1.tmp"]
+    for file in keep + stale:
+        file.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
 
 
 def test_rng_state_restores_every_generator():

@@ -1,10 +1,12 @@
 """End to end on the demo videos in subprocesses: 2-process DDP keeps ranks identical, a SIGKILLed
-run resumes to the same weights, and 2-process evaluation counts each video once and agrees
-with 1 process."""
+run resumes to the same weights (and its lock is taken over), a SIGKILLed rank ends a torchrun job
+quickly, ``torchrun --max-restarts`` resumes by itself, and 2-process evaluation counts each video
+once and agrees with 1 process."""
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools"
+
+pytestmark = pytest.mark.slow
 
 
 def _small(demo_root, output_dir, name):
@@ -24,13 +28,17 @@ def _small(demo_root, output_dir, name):
     ]
 
 
-def _run(args, processes=1, expect=0):
+def _run(args, processes=1, expect=0, restarts=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                     f"--max-restarts={restarts}"]
     done = subprocess.run(launcher + [str(arg) for arg in args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    if expect == "nonzero":
+        assert done.returncode != 0, f"exit 0\n{done.stdout[-3000:]}"
+    else:
+        assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
 
@@ -65,9 +73,44 @@ def test_sigkilled_run_resumes_to_the_same_weights(demo_root, tmp_path):
     last = tmp_path / "killed" / "x" / "checkpoints" / "last.pt"
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"]) == (4, 1, 1)  # mid-epoch
-    _run(killed + ["resume=auto"])
+    holder = (tmp_path / "killed" / "x" / ".lock").read_text()
+    assert holder.startswith("pid ")  # the killed job never released its lock
+    resumed = _run(killed + ["resume=auto"])
+    assert f"took over the lock of {tmp_path / 'killed' / 'x'} from a job that ended without releasing it " \
+           f"({holder.strip()})" in resumed.stdout
     a = _weights(tmp_path / "straight" / "x" / "checkpoints" / "last.pt")
     b = _weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkilled_rank_ends_the_torchrun_job_quickly(demo_root, tmp_path):
+    """Rank 1 SIGKILLs itself after step 2 of 12; rank 0 must not wait for it in a collective."""
+    run = tmp_path / "k"
+    args = [TOOLS / "train.py", *_small(demo_root, tmp_path, "k"), "train.epochs=3", "train.limit_steps_per_epoch=4",
+            "debug.kill_at_step=2", "debug.kill_rank=1", "debug.step_checksums=true"]
+    done = _run(args, processes=2, expect="nonzero")
+    ended = time.time()
+    killed_at = (run / "debug" / "rank1.jsonl").stat().st_mtime  # written just before the kill
+    assert ended - killed_at < 60
+    assert "exitcode  : -9" in done.stderr + done.stdout
+    assert [json.loads(line)["step"] for line in (run / "debug" / "rank1.jsonl").read_text().splitlines()] == [1, 2]
+    assert len((run / "debug" / "rank0.jsonl").read_text().splitlines()) < 12
+
+
+def test_torchrun_restart_resumes_by_itself_to_the_same_weights(ddp_run, demo_root, tmp_path):
+    """``--max-restarts=1``: rank 1 is SIGKILLed after step 3 of 4 (first attempt only); the restarted
+    job resumes from last.pt, exits 0, and ends with the weights of the uninterrupted ``ddp_run``.
+    Both use ``data.num_workers=0``."""
+    args = [TOOLS / "train.py", *_small(demo_root, tmp_path, "ddp"), "train.epochs=2", "train.limit_steps_per_epoch=2",
+            "debug.step_checksums=true", "train.checkpoint_every_steps=1", "debug.kill_at_step=3", "debug.kill_rank=1"]
+    done = _run(args, processes=2, restarts=1)
+    assert "torchrun restarted the job (restart 1): resuming from its last checkpoint" in done.stdout
+    assert f"resumed from {tmp_path / 'ddp' / 'checkpoints' / 'last.pt'} at epoch 1, step 3" in done.stdout
+    straight = [json.loads(line) for line in (ddp_run / "debug" / "rank0.jsonl").read_text().splitlines()]
+    restarted = [json.loads(line) for line in (tmp_path / "ddp" / "debug" / "rank0.jsonl").read_text().splitlines()]
+    assert restarted == straight  # steps 1-3 of the first attempt, step 4 of the second
+    a = _weights(ddp_run / "checkpoints" / "last.pt")
+    b = _weights(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
