@@ -221,44 +221,34 @@ def test_index_paths_agree_on_expanded_input(module):
     assert torch.equal(y, module.forward(x, *args, force_int64=True))
 
 
+# (input shape, pooling arguments): X3D-S's SE pool window (16 x 56 x 56 = 50,176 elements) over
+# the whole input, and overlapping windows of the same size cut by padding and ceil_mode
+LONG = [
+    ((2, 3, 16, 56, 56), ([16, 56, 56], [16, 56, 56], [0, 0, 0], False)),
+    ((1, 2, 16, 57, 58), ([16, 56, 56], [1, 1, 2], [0, 1, 0], True)),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_split_global_window_within_fused_kernel_accuracy(module, dtype):
-    """X3D-S's SE pool window (16 x 56 x 56 = 50,176 elements) through the split path is within
-    the fused CPU kernel's accuracy against float64."""
-    kernel = [16, 56, 56]
-    x = sample((2, 3, 16, 56, 56), dtype, scale=1.0)
-    assert module.plan(x, kernel, kernel, [0, 0, 0], False)["chunks"] == 784
+@pytest.mark.parametrize("shape,args", LONG, ids=["global", "overlapping"])
+def test_split_long_windows_within_fused_kernel_accuracy(module, shape, args, dtype):
+    """50,176-element windows through the split path are as accurate against float64 as the fused
+    CPU kernel (errors relative to the largest value of y or dx)."""
+    x = sample(shape, dtype, scale=2.0)
+    assert module.plan(x, *args)["chunks"] == 784
     x64 = x.double().requires_grad_()
-    y_ref = formula(x64, kernel, kernel, [0, 0, 0], False)
+    y_ref = formula(x64, *args)
     grad = sample(y_ref.shape, dtype, seed=1)
     (dx_ref,) = torch.autograd.grad(y_ref, x64, grad.double())
 
     def errors(per_element: bool) -> tuple[float, float]:
-        y = module.forward(x, kernel, kernel, [0, 0, 0], False, False, per_element)
-        dx = module.backward(grad, x, y, kernel, kernel, [0, 0, 0], False, False, per_element)
-        return ((y.double() - y_ref).abs() / y_ref.abs()).max().item(), (
-            (dx.double() - dx_ref).abs().max() / dx_ref.abs().max()
-        ).item()
+        y = module.forward(x, *args, False, per_element)
+        dx = module.backward(grad, x, y, *args, False, per_element)
+        return tuple(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in ((y, y_ref), (dx, dx_ref)))
 
     split, fused = errors(True), errors(False)
     if dtype == torch.float64:
-        assert max(split) < 1e-13
+        assert max(split) < 1e-13, split
         return
-    assert split[0] < 5e-6 and split[1] < 5e-6, split
-    assert split[0] < 2 * fused[0] + 1e-6 and split[1] < 2 * fused[1] + 1e-6, (split, fused)
-
-
-def test_split_overlapping_long_windows_equal_formula(module):
-    """50,176-element windows that overlap and are cut by padding, in float32."""
-    x = sample((1, 2, 16, 57, 58), torch.float32, scale=2.0)
-    args = ([16, 56, 56], [1, 1, 2], [0, 1, 0], True, False, True)
-    assert module.plan(x, *args[:4])["chunks"] == 784
-    x64 = x.double().requires_grad_()
-    y_ref = formula(x64, *args[:4])
-    assert y_ref.shape == (1, 2, 1, 4, 2)
-    grad = sample(y_ref.shape, torch.float32, seed=1)
-    (dx_ref,) = torch.autograd.grad(y_ref, x64, grad.double())
-    y = module.forward(x, *args)
-    torch.testing.assert_close(y.double(), y_ref, rtol=5e-6, atol=5e-6)
-    dx = module.backward(grad, x, y, *args)
-    torch.testing.assert_close(dx.double(), dx_ref, rtol=5e-6, atol=5e-6 * dx_ref.abs().max().item())
+    assert max(split) < 2e-5, split
+    assert split[0] <= 1.5 * fused[0] + 1e-6 and split[1] <= 1.5 * fused[1] + 1e-6, (split, fused)

@@ -299,56 +299,59 @@ struct ForwardBody {
   }
 };
 
-// Long windows, pass 1: index i = output * chunks + j reduces elements [j * chunk, (j + 1) * chunk)
-// of its output's window (flattened T, H, W, W fastest) to the partials m (max), s = sum exp(x - m)
-// and ws = sum exp(x - m) (x - m), stored at partials[i], partials[total + i] and
-// partials[2 total + i] with total = outputs * chunks. Chunks past the window's end (windows cut
-// by padding) write nothing; the combine never reads them.
+// Long windows, pass 1: index i = output * chunks + j reduces the elements j, j + chunks,
+// j + 2 chunks, ... of its output's window (flattened T, H, W, W fastest), so that the threads of
+// a warp read neighbouring elements, to the partials m (max), s = sum exp(x - m) and
+// ws = sum exp(x - m) (x - m), in one pass that rescales s and ws whenever the max grows. They
+// are stored at partials[i], partials[count + i] and partials[2 count + i]. Chunks with j past
+// the window's end (windows cut by padding) write nothing; the combine never reads them.
 template <typename scalar_t, typename acc_t, typename index_t>
 struct PartialBody {
   using index_type = index_t;
   const scalar_t* x;
   acc_t* partials;
   GeometryT<index_t> g;
-  index_t channels, count, chunks, chunk;
+  index_t channels, count, chunks;
   Strides<index_t> xs;
-
-  // Calls f(value) for elements [begin, stop) of window win of the plane p.
-  template <typename F>
-  SP_HD void for_each(const scalar_t* p, const WindowT<index_t>& win, index_t begin, index_t stop, F&& f) const {
-    const index_t cols = win.w1 - win.w0, rows = win.h1 - win.h0;
-    index_t w = win.w0 + begin % cols;
-    index_t h = win.h0 + begin / cols % rows;
-    index_t t = win.t0 + begin / cols / rows;
-    for (index_t k = begin; k < stop; ++k) {
-      f(static_cast<acc_t>(p[t * xs.s[2] + h * xs.s[3] + w * xs.s[4]]));
-      if (++w == win.w1) {
-        w = win.w0;
-        if (++h == win.h1) {
-          h = win.h0;
-          ++t;
-        }
-      }
-    }
-  }
 
   SP_HD void operator()(index_t i) const {
     if (i >= count) return;
     const index_t j = i % chunks;
     const Coord<index_t> o = unravel(i / chunks, channels, g.out);
     const WindowT<index_t> win = output_window(g, o.t, o.h, o.w);
-    const index_t begin = j * chunk, volume = win.volume();
-    if (begin >= volume) return;
-    const index_t stop = volume - begin < chunk ? volume : begin + chunk;
+    const index_t volume = win.volume();
+    if (j >= volume) return;
+    const index_t cols = win.w1 - win.w0, rows = win.h1 - win.h0;
+    // (t, h, w) of element j, and the step of `chunks` elements split the same way
+    index_t w = win.w0 + j % cols, h = win.h0 + j / cols % rows, t = win.t0 + j / cols / rows;
+    const index_t dw = chunks % cols, dh = chunks / cols % rows, dt = chunks / cols / rows;
     const scalar_t* p = x + plane_offset(xs, o);
-    acc_t m = static_cast<acc_t>(p[win.t0 * xs.s[2] + win.h0 * xs.s[3] + win.w0 * xs.s[4]]);
-    for_each(p, win, begin, stop, [&](acc_t v) { m = v > m ? v : m; });
+    acc_t m = static_cast<acc_t>(p[t * xs.s[2] + h * xs.s[3] + w * xs.s[4]]);
     acc_t s = 0, ws = 0;
-    for_each(p, win, begin, stop, [&](acc_t v) {
+    for (index_t k = j; k < volume; k += chunks) {
+      const acc_t v = static_cast<acc_t>(p[t * xs.s[2] + h * xs.s[3] + w * xs.s[4]]);
+      if (v > m) {
+        const acc_t shift = m - v;
+        const acc_t scale = exp_nonpositive(shift);
+        ws = scale * (ws + s * shift);
+        s *= scale;
+        m = v;
+      }
       const acc_t e = exp_nonpositive(v - m);
       s += e;
       ws += e * (v - m);
-    });
+      w += dw;
+      if (w >= win.w1) {
+        w -= cols;
+        ++h;
+      }
+      h += dh;
+      if (h >= win.h1) {
+        h -= rows;
+        ++t;
+      }
+      t += dt;
+    }
     partials[i] = m;
     partials[count + i] = s;
     partials[2 * count + i] = ws;
@@ -365,13 +368,14 @@ struct CombineBody {
   scalar_t* y;
   acc_t* lse;
   GeometryT<index_t> g;
-  index_t channels, count, chunks, chunk;
+  index_t channels, count, chunks;
   Strides<index_t> ys, ls;
 
   SP_HD void operator()(index_t i) const {
     if (i >= count) return;
     const Coord<index_t> o = unravel(i, channels, g.out);
-    const index_t used = (output_window(g, o.t, o.h, o.w).volume() + chunk - 1) / chunk;
+    const index_t volume = output_window(g, o.t, o.h, o.w).volume();
+    const index_t used = volume < chunks ? volume : chunks;
     const index_t total = count * chunks;
     const acc_t* m = partials + i * chunks;
     const acc_t* s = m + total;

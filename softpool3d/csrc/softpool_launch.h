@@ -15,18 +15,20 @@
 
 namespace softpool {
 
-// Long windows are split into chunks of kChunk elements, each reduced by its own thread, when
-// they hold more than kSplitAbove elements; shorter windows run one thread per output.
+// Windows of more than kSplitAbove elements are split into c = ceil(kernel volume / kChunk)
+// chunks, each reduced by its own thread (chunk j takes elements j, j + c, j + 2c, ..., at most
+// kChunk of them, so that a warp reads neighbouring elements); shorter windows run one thread per
+// output.
 //
 // X3D-S's first squeeze-excitation pool at batch 8 has 8 x 24 = 192 outputs of 16 x 56 x 56 =
 // 50,176 elements. One thread per output launches 192 threads that each loop over 50,176
 // elements, on a GPU that holds about 270,000 resident threads (H100: 132 SMs x 2,048). Split
-// into chunks of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588 blocks
-// of 256, 4.5 per SM), and the combine 192 threads of 784 partials each. The global head pool of
-// X3D-S (8 x 432 outputs of 16 x 7 x 7 = 784 elements) becomes 3,456 x 13 = 44,928 threads of at
-// most 64 elements instead of 3,456 threads of 784. Windows of at most 256 elements (every
-// 3 x 3 x 3 or 2 x 2 x 2 pool) keep one thread per output, whose 256-element loop is short; the
-// chunk size does not depend on the batch, so results do not either.
+// into 784 chunks of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588
+// blocks of 256, 4.5 per SM), and the combine 192 threads of 784 partials each. The global head
+// pool of X3D-S at batch 8 (8 x 432 outputs of 16 x 7 x 7 = 784 elements) becomes
+// 3,456 x 13 = 44,928 threads of at most 64 elements instead of 3,456 threads of 784. Windows of
+// at most 256 elements (every 3 x 3 x 3 or 2 x 2 x 2 pool) keep one thread per output. The chunks
+// depend on the kernel only, not on the batch, so neither do the results.
 constexpr int64_t kChunk = 64;
 constexpr int64_t kSplitAbove = 256;
 
@@ -81,7 +83,7 @@ inline Plan make_plan(const at::Tensor& x, const Geometry& g, const at::Tensor& 
   plan.gather = plan.chunks > 1 || !windows_disjoint(g);
   const int64_t outputs = x.size(0) * x.size(1) * g.out[0] * g.out[1] * g.out[2];
   const int64_t partials = plan.chunks > 1 ? 3 * outputs * plan.chunks : 0;
-  const std::vector<int64_t> dense = {outputs, partials, plan.chunks * kChunk};
+  const std::vector<int64_t> dense = {outputs, partials, plan.chunks * (kChunk + 1)};
   const int64_t unit = 1;
   std::vector<int64_t> threads = {outputs, outputs * plan.chunks};
   std::vector<at::IntArrayRef> sizes = {x.sizes()}, strides = {x.strides()};
@@ -124,12 +126,9 @@ void launch_forward(const Launch& launch, const at::Tensor& x, const Plan& plan,
   at::Tensor partials = at::empty({3 * static_cast<int64_t>(outputs) * plan.chunks},
                                   x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* pp = partials.mutable_data_ptr<acc_t>();
-  launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, channels, outputs * chunks, chunks,
-                                               static_cast<index_t>(kChunk), strides_of<index_t>(x)},
+  launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, channels, outputs * chunks, chunks, strides_of<index_t>(x)},
          outputs * chunks);
-  launch(CombineBody<scalar_t, acc_t, index_t>{pp, y, lse, g, channels, outputs, chunks, static_cast<index_t>(kChunk),
-                                               ys, ls},
-         outputs);
+  launch(CombineBody<scalar_t, acc_t, index_t>{pp, y, lse, g, channels, outputs, chunks, ys, ls}, outputs);
 }
 
 template <typename Launch>
