@@ -252,3 +252,44 @@ def test_split_long_windows_within_fused_kernel_accuracy(module, shape, args, dt
         return
     assert max(split) < 2e-5, split
     assert split[0] <= 1.5 * fused[0] + 1e-6 and split[1] <= 1.5 * fused[1] + 1e-6, (split, fused)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_cuda_kernels_equal_formula(case, dtype, layout):
+    """The same matrix through the CUDA kernels, with both index widths."""
+    module = extension.for_device(torch.device("cuda"))
+    kernel, stride, padding, ceil_mode = CASES[case][1:5]
+    values, grad, y_ref, dx_ref = reference(case, dtype)
+    x = in_layout(values, layout).cuda()
+    if layout != "contiguous":
+        assert not x.is_contiguous()
+    args = (list(kernel), list(stride), list(padding), ceil_mode, layout == "channels_last_3d", False)
+    tol = TOL[dtype]
+    for force_int64 in (False, True):
+        y = module.forward(x, *args, force_int64=force_int64)
+        torch.testing.assert_close(y.cpu().double(), y_ref, rtol=tol, atol=tol)
+        dx = module.backward(grad.cuda(), x, y, *args, force_int64=force_int64)
+        torch.testing.assert_close(dx.cpu().double(), dx_ref, rtol=tol, atol=tol * max(1.0, dx_ref.abs().max().item()))
+
+
+@CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,args", LONG, ids=["global", "overlapping"])
+def test_cuda_split_long_windows_equal_formula(shape, args):
+    module = extension.for_device(torch.device("cuda"))
+    x = sample(shape, torch.float32, scale=2.0)
+    x64 = x.double().requires_grad_()
+    y_ref = formula(x64, *args)
+    grad = sample(y_ref.shape, torch.float32, seed=1)
+    (dx_ref,) = torch.autograd.grad(y_ref, x64, grad.double())
+    y = module.forward(x.cuda(), *args, False, False)
+    dx = module.backward(grad.cuda(), x.cuda(), y, *args, False, False)
+    assert ((y.cpu().double() - y_ref).abs().max() / y_ref.abs().max()).item() < 2e-5
+    assert ((dx.cpu().double() - dx_ref).abs().max() / dx_ref.abs().max()).item() < 2e-5

@@ -21,14 +21,17 @@ namespace softpool {
 // output.
 //
 // X3D-S's first squeeze-excitation pool at batch 8 has 8 x 24 = 192 outputs of 16 x 56 x 56 =
-// 50,176 elements. One thread per output launches 192 threads that each loop over 50,176
-// elements, on a GPU that holds about 270,000 resident threads (H100: 132 SMs x 2,048). Split
-// into 784 chunks of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588
-// blocks of 256, 4.5 per SM), and the combine 192 threads of 784 partials each. The global head
-// pool of X3D-S at batch 8 (8 x 432 outputs of 16 x 7 x 7 = 784 elements) becomes
-// 3,456 x 13 = 44,928 threads of at most 64 elements instead of 3,456 threads of 784. Windows of
-// at most 256 elements (every 3 x 3 x 3 or 2 x 2 x 2 pool) keep one thread per output. The chunks
-// depend on the kernel only, not on the batch, so neither do the results.
+// 50,176 elements. One thread per output launches 192 threads that each loop over 50,176 elements,
+// on a GPU that holds about 270,000 resident threads (H100: 132 SMs x 2,048). Split into 784 chunks
+// of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588 blocks of 256, 4.5
+// per SM, 56 % of the resident threads; chunks of 32 would launch 301,056, more than fit, and
+// double the combine), and the combine 192 threads of 784 partials each. Its backward runs one
+// thread per input, 8 x 24 x 50,176 = 9,633,792 threads of one window each, instead of one thread
+// per output writing its 50,176 inputs. The global head pool of X3D-S at batch 8 (8 x 432 outputs
+// of 16 x 7 x 7 = 784 elements) becomes 3,456 x 13 = 44,928 threads of at most 64 elements instead
+// of 3,456 threads of 784. Windows of at most 256 elements (every 3 x 3 x 3 or 2 x 2 x 2 pool) keep
+// one thread per output. The chunks depend on the kernel only, not on the batch, so neither do the
+// results.
 constexpr int64_t kChunk = 64;
 constexpr int64_t kSplitAbove = 256;
 
