@@ -28,6 +28,7 @@ SHAPES: list[tuple[tuple[int, ...], dict]] = [
     ((8, 64, 16, 56, 56), {"kernel_size": 2, "stride": 2}),
     ((8, 192, 8, 28, 28), {"kernel_size": 3, "stride": 2, "padding": 1}),
     ((8, 432, 16, 7, 7), {"kernel_size": (16, 7, 7)}),
+    ((8, 24, 16, 56, 56), {"kernel_size": (16, 56, 56)}),  # X3D-S's first squeeze-excitation pool
 ]
 
 

@@ -73,26 +73,6 @@ def test_values_and_grads_equal_formula(shape, kernel, stride, padding, ceil_mod
     torch.testing.assert_close(dx.double(), dref, **tol)
 
 
-@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
-def test_cuda_scheme_run_on_cpu_equals_formula(shape, kernel, stride, padding, ceil_mode, dtype):
-    """The per-element scheme of the CUDA kernel (same functions, one window or input at a time)."""
-    module = extension.for_device(torch.device("cpu"))
-    x = sample(shape, dtype).transpose(3, 4).contiguous().transpose(3, 4)
-    args = (list(kernel), list(stride), list(padding), ceil_mode, False, True)
-    y = module.forward(x, *args)
-    x64 = x.double().requires_grad_()
-    ref = formula(x64, kernel, stride, padding, ceil_mode)
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
-    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
-    g = sample(y.shape, torch.float64, seed=1)
-    dx = module.backward(g.to(dtype), x, y, *args)
-    (dref,) = torch.autograd.grad(ref, x64, g)
-    torch.testing.assert_close(dx.double(), dref, rtol=tol, atol=tol * max(1.0, dref.abs().max().item()))
-    fused = module.backward(g.to(dtype), x, y, *args[:-1], False)
-    torch.testing.assert_close(fused, dx, rtol=tol, atol=tol * max(1.0, dref.abs().max().item()))
-
-
 @pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode", CASES[:6], ids=CASE_IDS[:6])
 def test_reference_path_equals_formula(shape, kernel, stride, padding, ceil_mode):
     x = sample(shape, torch.float64)

@@ -1,11 +1,16 @@
-// Python binding: forward(x, kernel, stride, padding, ceil_mode, channels_last, per_element) and
-// backward(grad, x, y, kernel, stride, padding, ceil_mode, channels_last, per_element);
-// channels_last picks the memory format of the result; per_element makes the CPU run the CUDA
-// kernel's per-element scheme (CUDA tensors always do).
+// Python binding: forward(x, kernel, stride, padding, ceil_mode, channels_last, per_element,
+// force_int64=False), backward(grad, x, y, kernel, stride, padding, ceil_mode, channels_last,
+// per_element, force_int64=False) and plan(x, kernel, stride, padding, ceil_mode, y=None,
+// grad=None, force_int64=False). channels_last picks the memory format of the result;
+// per_element makes the CPU run the CUDA kernels' per-index bodies (CUDA tensors always do);
+// force_int64 turns off their int32 index fast path; plan reports what the per-index launch does
+// (x, y and grad may be meta tensors).
 // Device dispatch happens here; the autograd and torch.library registration live in ops.py.
 #include <torch/extension.h>
 
-#include "softpool_ops.h"
+#include <optional>
+
+#include "softpool_launch.h"
 
 namespace softpool {
 
@@ -45,38 +50,60 @@ bool windows_tile(const Geometry& g) {
 }
 
 at::Tensor forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
-                   std::vector<int64_t> padding, bool ceil_mode, bool channels_last, bool per_element) {
+                   std::vector<int64_t> padding, bool ceil_mode, bool channels_last, bool per_element,
+                   bool force_int64) {
   const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
   const at::MemoryFormat fmt = channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
   if (x.is_cuda()) {
 #ifdef SOFTPOOL_WITH_CUDA
-    return forward_cuda(x, g, fmt);
+    return forward_cuda(x, g, fmt, force_int64);
 #else
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return forward_cpu(x, g, fmt, per_element);
+  return per_element ? forward_per_element_cpu(x, g, fmt, force_int64) : forward_cpu(x, g, fmt);
 }
 
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, std::vector<int64_t> kernel,
                     std::vector<int64_t> stride, std::vector<int64_t> padding, bool ceil_mode, bool channels_last,
-                    bool per_element) {
+                    bool per_element, bool force_int64) {
   const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
   const at::MemoryFormat fmt = channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
   TORCH_CHECK(grad.sizes() == y.sizes(), "softpool: grad shape ", grad.sizes(), " differs from output ", y.sizes());
   if (x.is_cuda()) {
 #ifdef SOFTPOOL_WITH_CUDA
-    return backward_cuda(grad, x, y, g, fmt);
+    return backward_cuda(grad, x, y, g, fmt, force_int64);
 #else
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return backward_cpu(grad, x, y, g, fmt, per_element);
+  return per_element ? backward_per_element_cpu(grad, x, y, g, fmt, force_int64) : backward_cpu(grad, x, y, g, fmt);
+}
+
+pybind11::dict plan(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                    std::vector<int64_t> padding, bool ceil_mode, const std::optional<at::Tensor>& y,
+                    const std::optional<at::Tensor>& grad, bool force_int64) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
+  TORCH_CHECK(y.has_value() == grad.has_value(), "softpool: plan takes both y and grad (backward) or neither");
+  const Plan p = make_plan(x, g, y.value_or(at::Tensor()), grad.value_or(at::Tensor()), force_int64);
+  pybind11::dict out;
+  out["chunks"] = p.chunks;
+  out["backward"] = p.gather ? "gather" : "disjoint";
+  out["index_bits"] = p.index32 ? 32 : 64;
+  return out;
 }
 
 }  // namespace softpool
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &softpool::forward, "SoftPool 3-D forward on (N, C, T, H, W)");
-  m.def("backward", &softpool::backward, "SoftPool 3-D backward from input and output");
+  namespace py = pybind11;
+  m.def("forward", &softpool::forward, "SoftPool 3-D forward on (N, C, T, H, W)", py::arg("x"), py::arg("kernel"),
+        py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"), py::arg("channels_last"), py::arg("per_element"),
+        py::arg("force_int64") = false);
+  m.def("backward", &softpool::backward, "SoftPool 3-D backward from input and output", py::arg("grad"), py::arg("x"),
+        py::arg("y"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
+        py::arg("channels_last"), py::arg("per_element"), py::arg("force_int64") = false);
+  m.def("plan", &softpool::plan, "What the per-index (CUDA) launch runs: chunks per window, backward kind, index bits",
+        py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
+        py::arg("y") = py::none(), py::arg("grad") = py::none(), py::arg("force_int64") = false);
 }

@@ -1,13 +1,14 @@
-// CPU launcher. Rows of windows run as loops over ow that compilers vectorise, with the
-// element arithmetic of softpool_kernel.h; with per_element, every window and input goes
-// through the same per-element functions, in the same scheme, as the CUDA kernel (for tests).
+// CPU launchers. The fused kernel runs rows of windows as loops over ow that compilers
+// vectorise, with the element arithmetic of softpool_kernel.h. The per_element mode runs the
+// CUDA kernels' per-index bodies and launch sequence (softpool_launch.h) over the same index
+// ranges as the CUDA grids, so that CI executes everything a CUDA thread does.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "softpool_ops.h"
+#include "softpool_launch.h"
 
 namespace softpool {
 namespace {
@@ -243,12 +244,12 @@ void for_each_edge(const Geometry& g, int64_t lo, int64_t hi, const Fn& fn) {
 
 }  // namespace
 
-at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool per_element) {
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt) {
   at::Tensor y = empty_output(x, g, fmt);
   const int64_t channels = x.size(1);
   const int64_t planes = x.size(0) * channels;
   int64_t lo = 0, hi = 0;
-  if (!per_element) interior_range(g, &lo, &hi);
+  interior_range(g, &lo, &hi);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_cpu", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -273,7 +274,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
           if (stats.exact[i]) exact(o0 + i);
       }
     };
-    if (windows_disjoint(g) || per_element) {
+    if (windows_disjoint(g)) {
       const int64_t rows = planes * g.out[0] * g.out[1];
       at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
         RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
@@ -364,7 +365,7 @@ void row_backward(RowStats<scalar_t, acc_t>& stats, std::vector<acc_t>& grads, c
 }  // namespace
 
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                        at::MemoryFormat fmt, bool per_element) {
+                        at::MemoryFormat fmt) {
   const int64_t channels = x.size(1);
   const bool disjoint = windows_disjoint(g);
   at::Tensor dx = !disjoint || windows_tile(g) ? at::empty_like(x, fmt) : at::zeros_like(x, fmt);
@@ -373,7 +374,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
   const auto gs = grad.strides();
   const auto ds = dx.strides();
   int64_t lo = 0, hi = 0;
-  if (!per_element) interior_range(g, &lo, &hi);
+  interior_range(g, &lo, &hi);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_backward_cpu", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -398,71 +399,59 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
       });
       return;
     }
-    if (!per_element) {
-      // Overlapping windows: each task owns whole (n, c) planes, shares their exponentials
-      // between windows and accumulates their gradient in acc_t, row by row in a fixed order
-      // (no atomics, deterministic).
-      const int64_t plane_size = g.in[0] * g.in[1] * g.in[2];
-      const int64_t acc_strides[3] = {g.in[1] * g.in[2], g.in[2], 1};
-      at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
-        RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
-        std::vector<acc_t> grads(stats.vals.size());
-        std::vector<acc_t> acc(plane_size), values(plane_size), exponentials(plane_size);
-        for (int64_t nc = begin; nc < end; ++nc) {
-          const int64_t n = nc / channels, c = nc % channels;
-          const scalar_t* plane = xp + n * xs[0] + c * xs[1];
-          stats.share_plane(values.data(), exponentials.data(), load_plane(plane, xs, g, values, exponentials), g);
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t ot = 0; ot < g.out[0]; ++ot)
-            for (int64_t oh = 0; oh < g.out[1]; ++oh)
-              row_backward<scalar_t, acc_t, acc_t>(
-                  stats, grads, plane, xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
-                  ys[4], gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3], gs[4], acc.data(), acc_strides, g, ot,
-                  oh, lo, hi, true);
-          scalar_t* dplane = dp + n * ds[0] + c * ds[1];
-          for (int64_t t = 0; t < g.in[0]; ++t)
-            for (int64_t h = 0; h < g.in[1]; ++h)
-              for (int64_t w = 0; w < g.in[2]; ++w)
-                dplane[t * ds[2] + h * ds[3] + w * ds[4]] = static_cast<scalar_t>(acc[(t * g.in[1] + h) * g.in[2] + w]);
-        }
-      });
-      return;
-    }
-    // The CUDA kernel's scheme, one element at a time: each window's log-sum-exp, then for
-    // every input a gather over the windows that contain it.
-    at::Tensor lse = at::empty({x.size(0), channels, g.out[0], g.out[1], g.out[2]},
-                               x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const auto ls = lse.strides();
-    acc_t* lp = lse.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, out_rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t oh = row % g.out[1];
-        const int64_t ot = (row / g.out[1]) % g.out[0];
-        const int64_t nc = row / (g.out[1] * g.out[0]);
-        const scalar_t* plane = xp + (nc / channels) * xs[0] + (nc % channels) * xs[1];
-        for (int64_t ow = 0; ow < g.out[2]; ++ow)
-          window_forward<scalar_t, acc_t>(plane, xs[2], xs[3], xs[4], output_window(g, ot, oh, ow), lp + row * g.out[2] + ow);
-      }
-    });
-    const int64_t in_rows = x.size(0) * channels * g.in[0] * g.in[1];
-    const int64_t per_input = (g.kernel[0] / g.stride[0] + 1) * (g.kernel[1] / g.stride[1] + 1) *
-                              (g.kernel[2] / g.stride[2] + 1);
-    at::parallel_for(0, in_rows, grain(g.in[2] * per_input), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t h = row % g.in[1];
-        const int64_t t = (row / g.in[1]) % g.in[0];
-        const int64_t nc = row / (g.in[1] * g.in[0]);
+    // Overlapping windows: each task owns whole (n, c) planes, shares their exponentials
+    // between windows and accumulates their gradient in acc_t, row by row in a fixed order
+    // (no atomics, deterministic).
+    const int64_t plane_size = g.in[0] * g.in[1] * g.in[2];
+    const int64_t acc_strides[3] = {g.in[1] * g.in[2], g.in[2], 1};
+    at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+      RowStats<scalar_t, acc_t> stats(g, chunk_size(g));
+      std::vector<acc_t> grads(stats.vals.size());
+      std::vector<acc_t> acc(plane_size), values(plane_size), exponentials(plane_size);
+      for (int64_t nc = begin; nc < end; ++nc) {
         const int64_t n = nc / channels, c = nc % channels;
-        const scalar_t* xrow = xp + n * xs[0] + c * xs[1] + t * xs[2] + h * xs[3];
-        scalar_t* drow = dp + n * ds[0] + c * ds[1] + t * ds[2] + h * ds[3];
-        for (int64_t w = 0; w < g.in[2]; ++w)
-          drow[w * ds[4]] = static_cast<scalar_t>(input_backward<scalar_t, acc_t>(
-              g, static_cast<acc_t>(xrow[w * xs[4]]), t, h, w, lp + nc * ls[1], yp + n * ys[0] + c * ys[1],
-              gp + n * gs[0] + c * gs[1], ls.data() + 2, ys.data() + 2, gs.data() + 2));
+        const scalar_t* plane = xp + n * xs[0] + c * xs[1];
+        stats.share_plane(values.data(), exponentials.data(), load_plane(plane, xs, g, values, exponentials), g);
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t ot = 0; ot < g.out[0]; ++ot)
+          for (int64_t oh = 0; oh < g.out[1]; ++oh)
+            row_backward<scalar_t, acc_t, acc_t>(
+                stats, grads, plane, xs, yp + n * ys[0] + c * ys[1] + ot * ys[2] + oh * ys[3],
+                ys[4], gp + n * gs[0] + c * gs[1] + ot * gs[2] + oh * gs[3], gs[4], acc.data(), acc_strides, g, ot,
+                oh, lo, hi, true);
+        scalar_t* dplane = dp + n * ds[0] + c * ds[1];
+        for (int64_t t = 0; t < g.in[0]; ++t)
+          for (int64_t h = 0; h < g.in[1]; ++h)
+            for (int64_t w = 0; w < g.in[2]; ++w)
+              dplane[t * ds[2] + h * ds[3] + w * ds[4]] = static_cast<scalar_t>(acc[(t * g.in[1] + h) * g.in[2] + w]);
       }
     });
   });
   return dx;
+}
+
+namespace {
+
+// Runs body(i) for every i in [0, grid_threads(count)), the range a CUDA grid covers.
+struct CpuLaunch {
+  template <typename Body>
+  void operator()(const Body& body, int64_t count) const {
+    using index_t = typename Body::index_type;
+    at::parallel_for(0, grid_threads(count), kThreads, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) body(static_cast<index_t>(i));
+    });
+  }
+};
+
+}  // namespace
+
+at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64) {
+  return forward_per_index(CpuLaunch{}, x, g, fmt, force_int64);
+}
+
+at::Tensor backward_per_element_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
+                                    at::MemoryFormat fmt, bool force_int64) {
+  return backward_per_index(CpuLaunch{}, grad, x, y, g, fmt, force_int64);
 }
 
 }  // namespace softpool

@@ -94,40 +94,63 @@ SP_HD double log_positive(double x) {
 #endif
 }
 
-// One pooled 3-D problem: input and output sizes (T, H, W), kernel, stride and padding.
-struct Geometry {
-  int64_t in[3];
-  int64_t out[3];
-  int64_t kernel[3];
-  int64_t stride[3];
-  int64_t pad[3];
+// One pooled 3-D problem: input and output sizes (T, H, W), kernel, stride and padding, in the
+// index type of the arithmetic (int64_t, or int32_t where the launch plan allows it).
+template <typename index_t>
+struct GeometryT {
+  index_t in[3];
+  index_t out[3];
+  index_t kernel[3];
+  index_t stride[3];
+  index_t pad[3];
 };
+using Geometry = GeometryT<int64_t>;
+
+template <typename index_t>
+GeometryT<index_t> narrow_geometry(const Geometry& g) {
+  GeometryT<index_t> out;
+  for (int d = 0; d < 3; ++d) {
+    out.in[d] = static_cast<index_t>(g.in[d]);
+    out.out[d] = static_cast<index_t>(g.out[d]);
+    out.kernel[d] = static_cast<index_t>(g.kernel[d]);
+    out.stride[d] = static_cast<index_t>(g.stride[d]);
+    out.pad[d] = static_cast<index_t>(g.pad[d]);
+  }
+  return out;
+}
 
 // Window [begin, end) of output index o along dimension d, padded positions removed.
-SP_HD void window_range(const Geometry& g, int d, int64_t o, int64_t* begin, int64_t* end) {
-  const int64_t start = o * g.stride[d] - g.pad[d];
-  const int64_t stop = start + g.kernel[d];
+template <typename index_t>
+SP_HD void window_range(const GeometryT<index_t>& g, int d, index_t o, index_t* begin, index_t* end) {
+  const index_t start = o * g.stride[d] - g.pad[d];
+  const index_t stop = start + g.kernel[d];
   *begin = start < 0 ? 0 : start;
   *end = stop > g.in[d] ? g.in[d] : stop;
 }
 
 // Output windows [begin, end) along dimension d that contain input index i.
-SP_HD void windows_containing(const Geometry& g, int d, int64_t i, int64_t* begin, int64_t* end) {
-  const int64_t shifted = i + g.pad[d];
-  const int64_t low = shifted - g.kernel[d] + 1;
-  const int64_t first = low <= 0 ? 0 : (low + g.stride[d] - 1) / g.stride[d];
-  const int64_t last = shifted / g.stride[d] + 1;
+template <typename index_t>
+SP_HD void windows_containing(const GeometryT<index_t>& g, int d, index_t i, index_t* begin, index_t* end) {
+  const index_t shifted = i + g.pad[d];
+  const index_t low = shifted - g.kernel[d] + 1;
+  const index_t first = low <= 0 ? 0 : (low + g.stride[d] - 1) / g.stride[d];
+  const index_t last = shifted / g.stride[d] + 1;
   *begin = first;
   *end = last > g.out[d] ? g.out[d] : last;
 }
 
 // Input box [t0, t1) x [h0, h1) x [w0, w1) of one output window.
-struct Window {
-  int64_t t0, t1, h0, h1, w0, w1;
-};
+template <typename index_t>
+struct WindowT {
+  index_t t0, t1, h0, h1, w0, w1;
 
-SP_HD Window output_window(const Geometry& g, int64_t ot, int64_t oh, int64_t ow) {
-  Window w;
+  SP_HD index_t volume() const { return (t1 - t0) * (h1 - h0) * (w1 - w0); }
+};
+using Window = WindowT<int64_t>;
+
+template <typename index_t>
+SP_HD WindowT<index_t> output_window(const GeometryT<index_t>& g, index_t ot, index_t oh, index_t ow) {
+  WindowT<index_t> w;
   window_range(g, 0, ot, &w.t0, &w.t1);
   window_range(g, 1, oh, &w.h0, &w.h1);
   window_range(g, 2, ow, &w.w0, &w.w1);
@@ -135,13 +158,13 @@ SP_HD Window output_window(const Geometry& g, int64_t ot, int64_t oh, int64_t ow
 }
 
 // Max of one window of the plane `x` (strides st, sh, sw).
-template <typename scalar_t, typename acc_t>
-SP_HD acc_t window_max(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, const Window& win) {
+template <typename scalar_t, typename acc_t, typename index_t>
+SP_HD acc_t window_max(const scalar_t* x, index_t st, index_t sh, index_t sw, const WindowT<index_t>& win) {
   acc_t m = static_cast<acc_t>(x[win.t0 * st + win.h0 * sh + win.w0 * sw]);
-  for (int64_t t = win.t0; t < win.t1; ++t)
-    for (int64_t h = win.h0; h < win.h1; ++h) {
+  for (index_t t = win.t0; t < win.t1; ++t)
+    for (index_t h = win.h0; h < win.h1; ++h) {
       const scalar_t* row = x + t * st + h * sh;
-      for (int64_t w = win.w0; w < win.w1; ++w) {
+      for (index_t w = win.w0; w < win.w1; ++w) {
         const acc_t v = static_cast<acc_t>(row[w * sw]);
         m = v > m ? v : m;
       }
@@ -150,14 +173,15 @@ SP_HD acc_t window_max(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, co
 }
 
 // Forward of one window of the plane `x` (strides st, sh, sw): returns y, writes lse.
-template <typename scalar_t, typename acc_t>
-SP_HD acc_t window_forward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, const Window& win, acc_t* lse) {
+template <typename scalar_t, typename acc_t, typename index_t>
+SP_HD acc_t window_forward(const scalar_t* x, index_t st, index_t sh, index_t sw, const WindowT<index_t>& win,
+                           acc_t* lse) {
   const acc_t m = window_max<scalar_t, acc_t>(x, st, sh, sw, win);
   acc_t sum = 0, weighted = 0;
-  for (int64_t t = win.t0; t < win.t1; ++t)
-    for (int64_t h = win.h0; h < win.h1; ++h) {
+  for (index_t t = win.t0; t < win.t1; ++t)
+    for (index_t h = win.h0; h < win.h1; ++h) {
       const scalar_t* row = x + t * st + h * sh;
-      for (int64_t w = win.w0; w < win.w1; ++w) {
+      for (index_t w = win.w0; w < win.w1; ++w) {
         const acc_t v = static_cast<acc_t>(row[w * sw]);
         const acc_t e = exp_nonpositive(v - m);
         sum += e;
@@ -181,51 +205,249 @@ SP_HD acc_t window_grad(acc_t xi, acc_t lse, acc_t y, acc_t g) {
   return weighted_grad(exp_nonpositive(xi - lse), xi, y, g);
 }
 
-// Backward for one input element (t, h, w): gathers over the windows that contain it.
-// lse, y and g point at the (n, c) output plane, with (T, H, W) strides lse_strides, out_strides
-// and grad_strides.
-template <typename scalar_t, typename acc_t>
-SP_HD acc_t input_backward(const Geometry& geo, acc_t xi, int64_t t, int64_t h, int64_t w, const acc_t* lse,
-                           const scalar_t* y, const scalar_t* g, const int64_t* lse_strides,
-                           const int64_t* out_strides, const int64_t* grad_strides) {
-  int64_t ot0, ot1, oh0, oh1, ow0, ow1;
-  windows_containing(geo, 0, t, &ot0, &ot1);
-  windows_containing(geo, 1, h, &oh0, &oh1);
-  windows_containing(geo, 2, w, &ow0, &ow1);
-  acc_t dx = 0;
-  for (int64_t ot = ot0; ot < ot1; ++ot)
-    for (int64_t oh = oh0; oh < oh1; ++oh)
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        const acc_t l = lse[ot * lse_strides[0] + oh * lse_strides[1] + ow * lse_strides[2]];
-        const acc_t yv = static_cast<acc_t>(y[ot * out_strides[0] + oh * out_strides[1] + ow * out_strides[2]]);
-        const acc_t gv = static_cast<acc_t>(g[ot * grad_strides[0] + oh * grad_strides[1] + ow * grad_strides[2]]);
-        dx += window_grad(xi, l, yv, gv);
-      }
-  return dx;
-}
-
 // Backward of one window: writes (or, when accumulate, adds) g w_i (1 + x_i - y) into dx
 // (strides dt, dh, dw) for every input of the window, with w_i = exp(x_i - m) / sum_j exp(x_j - m).
-template <typename scalar_t, typename acc_t, typename out_t>
-SP_HD void window_backward(const scalar_t* x, int64_t st, int64_t sh, int64_t sw, out_t* dx, int64_t dt, int64_t dh,
-                           int64_t dw, const Window& win, acc_t y, acc_t g, bool accumulate) {
+template <typename scalar_t, typename acc_t, typename out_t, typename index_t>
+SP_HD void window_backward(const scalar_t* x, index_t st, index_t sh, index_t sw, out_t* dx, index_t dt, index_t dh,
+                           index_t dw, const WindowT<index_t>& win, acc_t y, acc_t g, bool accumulate) {
   const acc_t max = window_max<scalar_t, acc_t>(x, st, sh, sw, win);
   acc_t sum = 0;
-  for (int64_t t = win.t0; t < win.t1; ++t)
-    for (int64_t h = win.h0; h < win.h1; ++h)
-      for (int64_t w = win.w0; w < win.w1; ++w)
+  for (index_t t = win.t0; t < win.t1; ++t)
+    for (index_t h = win.h0; h < win.h1; ++h)
+      for (index_t w = win.w0; w < win.w1; ++w)
         sum += exp_nonpositive(static_cast<acc_t>(x[t * st + h * sh + w * sw]) - max);
   const acc_t inv_sum = acc_t(1) / sum;
-  for (int64_t t = win.t0; t < win.t1; ++t)
-    for (int64_t h = win.h0; h < win.h1; ++h) {
+  for (index_t t = win.t0; t < win.t1; ++t)
+    for (index_t h = win.h0; h < win.h1; ++h) {
       const scalar_t* row = x + t * st + h * sh;
       out_t* out = dx + t * dt + h * dh;
-      for (int64_t w = win.w0; w < win.w1; ++w) {
+      for (index_t w = win.w0; w < win.w1; ++w) {
         const acc_t v = static_cast<acc_t>(row[w * sw]);
         const acc_t d = weighted_grad(exp_nonpositive(v - max) * inv_sum, v, y, g);
         out[w * dw] = static_cast<out_t>(accumulate ? static_cast<acc_t>(out[w * dw]) + d : d);
       }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-index bodies. The CUDA kernels (softpool_cuda.cu) run body(i) on thread i of a grid of
+// grid_threads(count) threads; the CPU's per_element mode (softpool_cpu.cpp) runs body(i) for
+// every i of the same range. All index, unravel, stride and bounds code lives in the bodies.
+// ---------------------------------------------------------------------------------------------
+
+// Threads per CUDA block; a grid covers grid_threads(count) indices, the last block partly idle.
+constexpr int64_t kThreads = 256;
+
+SP_HD int64_t grid_threads(int64_t count) { return (count + kThreads - 1) / kThreads * kThreads; }
+
+// Element strides of the five dimensions (N, C, T, H, W) of one tensor.
+template <typename index_t>
+struct Strides {
+  index_t s[5];
+};
+
+// Coordinates (n, c, t, h, w) of one element of an (N, C, T, H, W) tensor.
+template <typename index_t>
+struct Coord {
+  index_t n, c, t, h, w;
+};
+
+// Splits a linear index over (N, C, sizes[0], sizes[1], sizes[2]), W fastest.
+template <typename index_t>
+SP_HD Coord<index_t> unravel(index_t i, index_t channels, const index_t* sizes) {
+  Coord<index_t> p;
+  p.w = i % sizes[2];
+  i /= sizes[2];
+  p.h = i % sizes[1];
+  i /= sizes[1];
+  p.t = i % sizes[0];
+  i /= sizes[0];
+  p.c = i % channels;
+  p.n = i / channels;
+  return p;
+}
+
+template <typename index_t>
+SP_HD index_t plane_offset(const Strides<index_t>& s, const Coord<index_t>& p) {
+  return p.n * s.s[0] + p.c * s.s[1];
+}
+
+template <typename index_t>
+SP_HD index_t offset(const Strides<index_t>& s, const Coord<index_t>& p) {
+  return p.n * s.s[0] + p.c * s.s[1] + p.t * s.s[2] + p.h * s.s[3] + p.w * s.s[4];
+}
+
+// Forward of output i, one window per index: writes y (when not null) and lse (when not null).
+template <typename scalar_t, typename acc_t, typename index_t>
+struct ForwardBody {
+  using index_type = index_t;
+  const scalar_t* x;
+  scalar_t* y;
+  acc_t* lse;
+  GeometryT<index_t> g;
+  index_t channels, count;
+  Strides<index_t> xs, ys, ls;
+
+  SP_HD void operator()(index_t i) const {
+    if (i >= count) return;
+    const Coord<index_t> o = unravel(i, channels, g.out);
+    acc_t l;
+    const acc_t out = window_forward<scalar_t, acc_t>(x + plane_offset(xs, o), xs.s[2], xs.s[3], xs.s[4],
+                                                      output_window(g, o.t, o.h, o.w), &l);
+    if (y != nullptr) y[offset(ys, o)] = static_cast<scalar_t>(out);
+    if (lse != nullptr) lse[offset(ls, o)] = l;
+  }
+};
+
+// Long windows, pass 1: index i = output * chunks + j reduces the elements j, j + chunks,
+// j + 2 chunks, ... of its output's window (flattened T, H, W, W fastest), so that the threads of
+// a warp read neighbouring elements, to the partials m (max), s = sum exp(x - m) and
+// ws = sum exp(x - m) (x - m), in one pass that rescales s and ws whenever the max grows. They
+// are stored at partials[i], partials[count + i] and partials[2 count + i]. Chunks with j past
+// the window's end (windows cut by padding) write nothing; the combine never reads them.
+template <typename scalar_t, typename acc_t, typename index_t>
+struct PartialBody {
+  using index_type = index_t;
+  const scalar_t* x;
+  acc_t* partials;
+  GeometryT<index_t> g;
+  index_t channels, count, chunks;
+  Strides<index_t> xs;
+
+  SP_HD void operator()(index_t i) const {
+    if (i >= count) return;
+    const index_t j = i % chunks;
+    const Coord<index_t> o = unravel(i / chunks, channels, g.out);
+    const WindowT<index_t> win = output_window(g, o.t, o.h, o.w);
+    const index_t volume = win.volume();
+    if (j >= volume) return;
+    const index_t cols = win.w1 - win.w0, rows = win.h1 - win.h0;
+    // (t, h, w) of element j, and the step of `chunks` elements split the same way
+    index_t w = win.w0 + j % cols, h = win.h0 + j / cols % rows, t = win.t0 + j / cols / rows;
+    const index_t dw = chunks % cols, dh = chunks / cols % rows, dt = chunks / cols / rows;
+    const scalar_t* p = x + plane_offset(xs, o);
+    acc_t m = static_cast<acc_t>(p[t * xs.s[2] + h * xs.s[3] + w * xs.s[4]]);
+    acc_t s = 0, ws = 0;
+    for (index_t k = j; k < volume; k += chunks) {
+      const acc_t v = static_cast<acc_t>(p[t * xs.s[2] + h * xs.s[3] + w * xs.s[4]]);
+      if (v > m) {
+        const acc_t shift = m - v;
+        const acc_t scale = exp_nonpositive(shift);
+        ws = scale * (ws + s * shift);
+        s *= scale;
+        m = v;
+      }
+      const acc_t e = exp_nonpositive(v - m);
+      s += e;
+      ws += e * (v - m);
+      w += dw;
+      if (w >= win.w1) {
+        w -= cols;
+        ++h;
+      }
+      h += dh;
+      if (h >= win.h1) {
+        h -= rows;
+        ++t;
+      }
+      t += dt;
+    }
+    partials[i] = m;
+    partials[count + i] = s;
+    partials[2 * count + i] = ws;
+  }
+};
+
+// Long windows, pass 2: output i rescales the partials of its window's chunks to their common
+// max M (a chunk of max m contributes exp(m - M) s and exp(m - M) (ws + s (m - M))) and writes
+// y = M + WS / S (when y is not null) and lse = M + log S (when lse is not null).
+template <typename scalar_t, typename acc_t, typename index_t>
+struct CombineBody {
+  using index_type = index_t;
+  const acc_t* partials;
+  scalar_t* y;
+  acc_t* lse;
+  GeometryT<index_t> g;
+  index_t channels, count, chunks;
+  Strides<index_t> ys, ls;
+
+  SP_HD void operator()(index_t i) const {
+    if (i >= count) return;
+    const Coord<index_t> o = unravel(i, channels, g.out);
+    const index_t volume = output_window(g, o.t, o.h, o.w).volume();
+    const index_t used = volume < chunks ? volume : chunks;
+    const index_t total = count * chunks;
+    const acc_t* m = partials + i * chunks;
+    const acc_t* s = m + total;
+    const acc_t* ws = s + total;
+    acc_t top = m[0];
+    for (index_t j = 1; j < used; ++j) top = m[j] > top ? m[j] : top;
+    acc_t sum = 0, weighted = 0;
+    for (index_t j = 0; j < used; ++j) {
+      const acc_t shift = m[j] - top;
+      const acc_t scale = exp_nonpositive(shift);
+      sum += scale * s[j];
+      weighted += scale * (ws[j] + s[j] * shift);
+    }
+    if (y != nullptr) y[offset(ys, o)] = static_cast<scalar_t>(top + weighted / sum);
+    if (lse != nullptr) lse[offset(ls, o)] = top + log_positive(sum);
+  }
+};
+
+// Backward of output i when every input lies in at most one window and windows are short:
+// writes the gradient of every input of its window.
+template <typename scalar_t, typename acc_t, typename index_t>
+struct DisjointBackwardBody {
+  using index_type = index_t;
+  const scalar_t* grad;
+  const scalar_t* x;
+  const scalar_t* y;
+  scalar_t* dx;
+  GeometryT<index_t> g;
+  index_t channels, count;
+  Strides<index_t> gs, xs, ys, ds;
+
+  SP_HD void operator()(index_t i) const {
+    if (i >= count) return;
+    const Coord<index_t> o = unravel(i, channels, g.out);
+    window_backward<scalar_t, acc_t, scalar_t>(x + plane_offset(xs, o), xs.s[2], xs.s[3], xs.s[4],
+                                               dx + plane_offset(ds, o), ds.s[2], ds.s[3], ds.s[4],
+                                               output_window(g, o.t, o.h, o.w), static_cast<acc_t>(y[offset(ys, o)]),
+                                               static_cast<acc_t>(grad[offset(gs, o)]), false);
+  }
+};
+
+// Backward of input i: gathers g w_i (1 + x_i - y) over the windows that contain it, with
+// w_i = exp(x_i - lse) from each window's log-sum-exp; inputs in no window get 0.
+template <typename scalar_t, typename acc_t, typename index_t>
+struct GatherBackwardBody {
+  using index_type = index_t;
+  const scalar_t* grad;
+  const scalar_t* x;
+  const scalar_t* y;
+  const acc_t* lse;
+  scalar_t* dx;
+  GeometryT<index_t> g;
+  index_t channels, count;
+  Strides<index_t> gs, xs, ys, ls, ds;
+
+  SP_HD void operator()(index_t i) const {
+    if (i >= count) return;
+    Coord<index_t> p = unravel(i, channels, g.in);
+    const acc_t xi = static_cast<acc_t>(x[offset(xs, p)]);
+    const index_t dxo = offset(ds, p);
+    index_t ot0, ot1, oh0, oh1, ow0, ow1;
+    windows_containing(g, 0, p.t, &ot0, &ot1);
+    windows_containing(g, 1, p.h, &oh0, &oh1);
+    windows_containing(g, 2, p.w, &ow0, &ow1);
+    acc_t d = 0;
+    for (p.t = ot0; p.t < ot1; ++p.t)
+      for (p.h = oh0; p.h < oh1; ++p.h)
+        for (p.w = ow0; p.w < ow1; ++p.w)
+          d += window_grad(xi, lse[offset(ls, p)], static_cast<acc_t>(y[offset(ys, p)]),
+                           static_cast<acc_t>(grad[offset(gs, p)]));
+    dx[dxo] = static_cast<scalar_t>(d);
+  }
+};
 
 }  // namespace softpool

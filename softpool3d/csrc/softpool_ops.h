@@ -21,15 +21,21 @@ bool windows_disjoint(const Geometry& g);
 // True when every input lies in exactly one window.
 bool windows_tile(const Geometry& g);
 
-// per_element runs the CUDA kernel's per-element scheme instead of the vectorised rows.
-at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool per_element);
+// The fused CPU kernel: rows of windows as vectorised loops.
+at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);
 at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                        at::MemoryFormat fmt, bool per_element);
+                        at::MemoryFormat fmt);
+
+// The CUDA kernels' per-index bodies and launch sequence (softpool_launch.h) run on the CPU over
+// the same index ranges as the CUDA grids; force_int64 turns off the int32_t index fast path.
+at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64);
+at::Tensor backward_per_element_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
+                                    at::MemoryFormat fmt, bool force_int64);
 
 #ifdef SOFTPOOL_WITH_CUDA
-at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt);
+at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64);
 at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                         at::MemoryFormat fmt);
+                         at::MemoryFormat fmt, bool force_int64);
 #endif
 
 }  // namespace softpool

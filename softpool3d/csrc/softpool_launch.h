@@ -1,0 +1,196 @@
+// The per-index launch plan and sequence, shared by the CUDA launcher (softpool_cuda.cu) and the
+// CPU's per_element mode (softpool_cpu.cpp): both call forward_per_index/backward_per_index with
+// their own `launch(body, count)`, which runs body(i) for every i in [0, grid_threads(count)): a
+// CUDA grid of grid_threads(count) / kThreads blocks, or an at::parallel_for over the same range.
+// Everything but that call runs in CI.
+#pragma once
+
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "softpool_ops.h"
+
+namespace softpool {
+
+// Windows of more than kSplitAbove elements are split into c = ceil(kernel volume / kChunk)
+// chunks, each reduced by its own thread (chunk j takes elements j, j + c, j + 2c, ..., at most
+// kChunk of them, so that a warp reads neighbouring elements); shorter windows run one thread per
+// output.
+//
+// X3D-S's first squeeze-excitation pool at batch 8 has 8 x 24 = 192 outputs of 16 x 56 x 56 =
+// 50,176 elements. One thread per output launches 192 threads that each loop over 50,176 elements,
+// on a GPU that holds about 270,000 resident threads (H100: 132 SMs x 2,048). Split into 784 chunks
+// of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588 blocks of 256, 4.5
+// per SM, 56 % of the resident threads; chunks of 32 would launch 301,056, more than fit, and
+// double the combine), and the combine 192 threads of 784 partials each. Its backward runs one
+// thread per input, 8 x 24 x 50,176 = 9,633,792 threads of one window each, instead of one thread
+// per output writing its 50,176 inputs. The global head pool of X3D-S at batch 8 (8 x 432 outputs
+// of 16 x 7 x 7 = 784 elements) becomes 3,456 x 13 = 44,928 threads of at most 64 elements instead
+// of 3,456 threads of 784. Windows of at most 256 elements (every 3 x 3 x 3 or 2 x 2 x 2 pool) keep
+// one thread per output. The chunks depend on the kernel only, not on the batch, so neither do the
+// results.
+constexpr int64_t kChunk = 64;
+constexpr int64_t kSplitAbove = 256;
+
+// Chunks per window: 1 (no split) or enough kChunk-element chunks for the largest window.
+inline int64_t chunks_per_window(const Geometry& g) {
+  const int64_t volume = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  return volume > kSplitAbove ? (volume + kChunk - 1) / kChunk : 1;
+}
+
+// 1 + the largest element offset of a tensor of these sizes and strides, or its element count
+// when larger (expanded dimensions), so that both offsets and linear indices stay below it.
+inline int64_t index_bound(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t last = 0, numel = 1;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] == 0) return 0;
+    last += (sizes[d] - 1) * strides[d];
+    numel *= sizes[d];
+  }
+  return std::max(last + 1, numel);
+}
+
+// Whether int32_t arithmetic can run a launch: every thread index of its grids (threads, before
+// rounding up to whole blocks), every offset and index of its tensors (sizes and strides) and
+// every coordinate the window arithmetic forms stay below 2^31.
+inline bool index_fits_int32(const std::vector<int64_t>& threads, const std::vector<at::IntArrayRef>& sizes,
+                             const std::vector<at::IntArrayRef>& strides, const Geometry& g) {
+  const int64_t limit = std::numeric_limits<int32_t>::max();
+  for (const int64_t count : threads)
+    if (grid_threads(count) > limit) return false;
+  for (size_t k = 0; k < sizes.size(); ++k)
+    if (index_bound(sizes[k], strides[k]) > limit) return false;
+  for (int d = 0; d < 3; ++d)
+    if (g.in[d] + 2 * g.pad[d] + g.kernel[d] + g.stride[d] > limit) return false;
+  return true;
+}
+
+// What one forward or backward call launches.
+struct Plan {
+  int64_t chunks;  // chunks per window (1: one thread per output)
+  bool gather;     // backward runs one thread per input (else one per output: disjoint short windows)
+  bool index32;    // int32_t index arithmetic
+};
+
+// The plan for x (any strides) pooled by g, with outputs allocated densely. For a backward,
+// y and grad are the saved output and incoming gradient (any strides); undefined for a forward.
+// force_int64 turns off the int32_t fast path (tests use it to run the int64_t path).
+inline Plan make_plan(const at::Tensor& x, const Geometry& g, const at::Tensor& y, const at::Tensor& grad,
+                      bool force_int64) {
+  Plan plan;
+  plan.chunks = chunks_per_window(g);
+  const bool backward = grad.defined();
+  plan.gather = plan.chunks > 1 || !windows_disjoint(g);
+  const int64_t outputs = x.size(0) * x.size(1) * g.out[0] * g.out[1] * g.out[2];
+  const int64_t partials = plan.chunks > 1 ? 3 * outputs * plan.chunks : 0;
+  const std::vector<int64_t> dense = {outputs, partials, plan.chunks * (kChunk + 1)};
+  const int64_t unit = 1;
+  std::vector<int64_t> threads = {outputs, outputs * plan.chunks};
+  std::vector<at::IntArrayRef> sizes = {x.sizes()}, strides = {x.strides()};
+  for (const int64_t& n : dense) {
+    sizes.emplace_back(n);
+    strides.emplace_back(unit);
+  }
+  if (backward) {
+    threads.push_back(x.numel());
+    for (const at::Tensor* t : {&y, &grad}) {
+      sizes.push_back(t->sizes());
+      strides.push_back(t->strides());
+    }
+  }
+  plan.index32 = !force_int64 && index_fits_int32(threads, sizes, strides, g);
+  return plan;
+}
+
+template <typename index_t>
+Strides<index_t> strides_of(const at::Tensor& t) {
+  Strides<index_t> out;
+  for (int d = 0; d < 5; ++d) out.s[d] = static_cast<index_t>(t.stride(d));
+  return out;
+}
+
+// Forward (y) or log-sum-exp (lse) of every output: one body per output, or the two split passes.
+template <typename scalar_t, typename acc_t, typename index_t, typename Launch>
+void launch_forward(const Launch& launch, const at::Tensor& x, const Plan& plan, const Geometry& geo, scalar_t* y,
+                    const Strides<index_t>& ys, acc_t* lse, const Strides<index_t>& ls) {
+  const GeometryT<index_t> g = narrow_geometry<index_t>(geo);
+  const index_t channels = static_cast<index_t>(x.size(1));
+  const index_t outputs = static_cast<index_t>(x.size(0)) * channels * g.out[0] * g.out[1] * g.out[2];
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  if (plan.chunks == 1) {
+    launch(ForwardBody<scalar_t, acc_t, index_t>{xp, y, lse, g, channels, outputs, strides_of<index_t>(x), ys, ls},
+           outputs);
+    return;
+  }
+  const index_t chunks = static_cast<index_t>(plan.chunks);
+  at::Tensor partials = at::empty({3 * static_cast<int64_t>(outputs) * plan.chunks},
+                                  x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* pp = partials.mutable_data_ptr<acc_t>();
+  launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, channels, outputs * chunks, chunks, strides_of<index_t>(x)},
+         outputs * chunks);
+  launch(CombineBody<scalar_t, acc_t, index_t>{pp, y, lse, g, channels, outputs, chunks, ys, ls}, outputs);
+}
+
+template <typename Launch>
+at::Tensor forward_per_index(const Launch& launch, const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt,
+                             bool force_int64) {
+  at::Tensor y = at::empty({x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const Plan plan = make_plan(x, g, at::Tensor(), at::Tensor(), force_int64);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_per_index", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const auto run = [&](auto index) {
+      using index_t = decltype(index);
+      launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, y.mutable_data_ptr<scalar_t>(),
+                                               strides_of<index_t>(y), nullptr, Strides<index_t>{});
+    };
+    if (plan.index32) run(int32_t{});
+    else run(int64_t{});
+  });
+  return y;
+}
+
+template <typename Launch>
+at::Tensor backward_per_index(const Launch& launch, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                              const Geometry& g, at::MemoryFormat fmt, bool force_int64) {
+  const Plan plan = make_plan(x, g, y, grad, force_int64);
+  // the disjoint body writes only inputs inside a window: the others start at 0
+  at::Tensor dx = plan.gather || windows_tile(g) ? at::empty_like(x, fmt) : at::zeros_like(x, fmt);
+  if (x.numel() == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_backward_per_index", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const auto run = [&](auto index) {
+      using index_t = decltype(index);
+      const GeometryT<index_t> gi = narrow_geometry<index_t>(g);
+      const index_t channels = static_cast<index_t>(x.size(1));
+      const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* yp = y.const_data_ptr<scalar_t>();
+      scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+      if (!plan.gather) {
+        launch(DisjointBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, dp, gi, channels,
+                                                              static_cast<index_t>(y.numel()), strides_of<index_t>(grad),
+                                                              strides_of<index_t>(x), strides_of<index_t>(y),
+                                                              strides_of<index_t>(dx)},
+               y.numel());
+        return;
+      }
+      at::Tensor lse = at::empty(y.sizes(), x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, nullptr, Strides<index_t>{},
+                                               lse.mutable_data_ptr<acc_t>(), strides_of<index_t>(lse));
+      launch(GatherBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, lse.const_data_ptr<acc_t>(), dp, gi, channels,
+                                                          static_cast<index_t>(x.numel()), strides_of<index_t>(grad),
+                                                          strides_of<index_t>(x), strides_of<index_t>(y),
+                                                          strides_of<index_t>(lse), strides_of<index_t>(dx)},
+             x.numel());
+    };
+    if (plan.index32) run(int32_t{});
+    else run(int64_t{});
+  });
+  return dx;
+}
+
+}  // namespace softpool
