@@ -363,7 +363,7 @@ class _Trainer:
         result = evaluate(self.model, self.test_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
                           self.amp, progress=True, max_bad_fraction=cfg.data.max_bad_fraction)
         if self.dist.is_main:
-            report_left_out(result, split_label(cfg, "test"))
+            report_left_out(result, split_label(cfg, "test"), self.left_out_reported)
             csv_path, _ = write_predictions(result, self.run_dir / "test")
             logger.info("%s: %s x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s",
                         split_label(cfg, "test"), result.coverage, self.test_set.num_views, 100 * result.top1,
