@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from softpool3d.checkpoint import CheckpointError
+from softpool3d.config import ConfigError
 from softpool3d.datasets import ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
@@ -62,7 +63,10 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         kwargs["width"] = cfg.model.width
     model = build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
     if cfg.model.pretrained:
-        report = load_pretrained(model, cfg.model.pretrained)
+        try:
+            report = load_pretrained(model, cfg.model.pretrained)
+        except ValueError as error:  # unreadable, not a state dict, or of another architecture or width
+            raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {error}") from None
         if report.missing_keys:
             logger.warning("pretrained %s left %d keys untouched: %s", cfg.model.pretrained,
                            len(report.missing_keys), report.missing_keys[:5])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d import cli
+from softpool3d import builders, cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,8 @@ def bad_run(bad_root, tmp_path_factory):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2"))
+        code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
+                                   "train.amp=auto"))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -186,6 +187,34 @@ def test_bad_val_and_test_videos_are_reported_once_and_left_out(bad_root, bad_ru
     assert sorted(metrics["test_left_out"]) == sorted(bad)
     rows = (run / "test" / "predictions.csv").read_text().splitlines()[1:]
     assert len(rows) == 14 and not {row.split(",")[1] for row in rows} & set(bad)
+
+
+def test_start_up_summary_comes_before_the_first_step(bad_run):
+    _, _, messages = bad_run
+    texts = [text for _, text in messages]
+    summary = next(i for i, text in enumerate(texts) if text.startswith("run run:"))
+    first_validation = next(i for i, text in enumerate(texts) if text.startswith("epoch 1:"))
+    assert summary < first_validation
+    lines = texts[summary].splitlines()
+    assert "train (split 'train'): 32 videos, 8 classes, 0 missing" in lines[1]
+    assert "val (split 'test', the test split" in lines[2] and "16 videos, 8 classes" in lines[2]
+    assert "test (split 'test'): 16 videos, 8 classes" in lines[3]
+    assert "model r3d_18 width 4, pool soft" in lines[4] and "M params" in lines[4] and "GMACs per clip 4x32x32" in lines[4]
+    if not builders.cpu_has_native_bf16():  # this AVX2-only kind of machine: amp=auto trains in float32, and says so
+        assert "device cpu, precision float32 (train.amp=auto: float32, since this CPU has no native bf16" in lines[5]
+    assert "world size 1, data.num_workers 2" in lines[6]
+    assert "1 epochs x 2 steps of 4 videos" in lines[7]
+
+
+@pytest.mark.skipif(builders.cpu_has_native_bf16(), reason="this CPU computes bf16 natively")
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(demo_root, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        assert cli.train_main(tiny(demo_root, tmp_path, "run", "train.amp=bf16", "train.limit_steps_per_epoch=1",
+                                   "train.val_every=100", "train.test_after_train=false")) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING
+                and "bf16" in record.getMessage()]
+    assert len(warnings) == 1 and "20-40x slower than float32" in warnings[0]
+    assert "precision bf16 (train.amp=bf16)" in caplog.text
 
 
 def test_test_py_on_bad_videos_names_them_and_covers_the_rest(bad_root, bad_run, caplog):

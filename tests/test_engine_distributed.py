@@ -73,7 +73,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(demo_root, tmp_path):
 
 def test_two_process_evaluation_counts_each_video_once_and_agrees(ddp_run, demo_root):
     checkpoint = ddp_run / "checkpoints" / "last.pt"
-    test_dir = ddp_run / "test"
+    test_dir = ddp_run / "test-last"  # tools/test.py writes beside the run's own test/
     _run([TOOLS / "test.py", checkpoint])
     one = json.loads((test_dir / "predictions.json").read_text())
     _run([TOOLS / "test.py", checkpoint], processes=2)
