@@ -146,6 +146,9 @@ _CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.dataset": ("kinetics700", "ucf101", "hmdb51", "custom"),
+    "data.train_split": ("train", "val", "test"),
+    "data.val_split": ("train", "val", "test"),
+    "data.test_split": ("train", "val", "test"),
 }
 
 

@@ -215,6 +215,7 @@ def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str |
     directory = test_output_dir(checkpoint, out)
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"], overrides, source=f"config stored in {checkpoint}")
+    cfg.model.pretrained, cfg.model.freeze_stages, cfg.resume = None, 0, ""  # the checkpoint holds the weights
     check_runnable(cfg)
     dist_info = init_distributed(cfg.train.device)
     builders.set_threads(cfg)
@@ -240,7 +241,6 @@ def _test(cfg: DictConfig, state: dict, checkpoint: str, dist_info: DistInfo) ->
         raise ConfigError(f"the classes of {cfg.data.dataset} at {cfg.data.root} ({len(dataset.classes)}: "
                           f"{', '.join(dataset.classes[:5])}, ...) differ from those checkpoint {checkpoint} was "
                           f"trained on ({len(state['classes'])}: {', '.join(state['classes'][:5])}, ...)")
-    cfg.model.pretrained, cfg.model.freeze_stages = None, 0
     model = builders.build_model(cfg, len(state["classes"]))
     builders.load_model_state(model, state, checkpoint)
     model.to(dist_info.device)

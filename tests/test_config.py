@@ -110,6 +110,7 @@ def test_out_of_range_value_fails_at_load_naming_key_and_value(key, value):
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("model.name=resnet9000", "model.name='resnet9000' is not a known model"),
     ("model.width=0", "model.width=0"),
+    ("data.val_split=validation", "data.val_split='validation' is not one of train, val, test"),
 ])
 def test_structured_values_fail_with_what_is_expected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
