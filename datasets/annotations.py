@@ -16,11 +16,13 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpeg", ".
 
 @dataclass
 class Annotations:
-    """Videos of one split: ``videos[i]`` has label ``labels[i]``, named ``classes[labels[i]]``."""
+    """Videos of one split: ``videos[i]`` has label ``labels[i]``, named ``classes[labels[i]]``;
+    ``num_missing`` annotated videos were left out because their files do not exist."""
 
     videos: list[Path]
     labels: list[int]
     classes: list[str]
+    num_missing: int = 0
 
 
 class AnnotationError(ValueError):

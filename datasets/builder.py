@@ -24,7 +24,10 @@ def _default_annotations(name: str, root: Path) -> Path | None:
     if candidates is None:
         return None
     markers = {"ucf101": "classInd.txt", "hmdb51": "*_test_split1.txt", "kinetics700": "*.csv"}[name]
-    return next((c for c in candidates if any(c.glob(markers))), candidates[0])
+    found = next((c for c in candidates if any(c.glob(markers))), None)
+    if found is None:
+        raise FileNotFoundError(f"{name}: no {markers} in {' or '.join(str(c) for c in candidates)}")
+    return found
 
 
 def load_annotations(name: str, root: PathLike, split: str, annotations: PathLike | None = None, fold: int = 1) -> Annotations:
@@ -56,7 +59,7 @@ def load_annotations(name: str, root: PathLike, split: str, annotations: PathLik
     kept = [i for i, ok in enumerate(present) if ok]
     if not kept:
         raise FileNotFoundError(f"{name} {split}: none of the {len(parsed.videos)} annotated videos exist under {root}")
-    return Annotations([parsed.videos[i] for i in kept], [parsed.labels[i] for i in kept], parsed.classes)
+    return Annotations([parsed.videos[i] for i in kept], [parsed.labels[i] for i in kept], parsed.classes, len(missing))
 
 
 def build_dataset(

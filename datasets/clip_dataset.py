@@ -20,6 +20,9 @@ from softpool3d.datasets.video_io import OpenVideo, VideoReadError
 
 logger = logging.getLogger(__name__)
 
+UNREADABLE = -1
+"""The label of a test view whose video cannot be decoded."""
+
 
 class SkippedFiles:
     """Files that failed to decode, recorded across DataLoader worker processes.
@@ -57,9 +60,10 @@ class ClipDataset(Dataset):
     ``num_crops`` crops, all deterministic. Items are ``(clip, label, video_index)`` with
     ``clip`` float ``(C, T, crop_size, crop_size)``.
 
-    A video that cannot be decoded is replaced by another one (a random one when training,
-    the next one when testing), at most ``max_retries`` times; it is logged once and listed
-    by :meth:`skipped_files`.
+    When training, a video that cannot be decoded is replaced by a random other one, at most
+    ``max_retries`` times in a row; it is logged once and listed by :meth:`skipped_files`.
+    When testing, a view that cannot be decoded is the item ``(zeros, UNREADABLE, video_index)``
+    (so batches still collate) and :func:`softpool3d.evaluate.evaluate` leaves the video out.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class ClipDataset(Dataset):
         self.videos = list(annotations.videos)
         self.labels = list(annotations.labels)
         self.classes = list(annotations.classes)
+        self.num_missing = annotations.num_missing
         self.train = train
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
@@ -115,6 +120,10 @@ class ClipDataset(Dataset):
         """Paths of the videos replaced so far, in this process and its DataLoader workers."""
         return self._skipped.paths()
 
+    def _unreadable_view(self) -> torch.Tensor:
+        """The zero clip ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
+        return torch.zeros(3, self.num_frames, self.transform.crop_size, self.transform.crop_size)
+
     def _load(self, video_index: int, view: int) -> torch.Tensor:
         video = OpenVideo(self.videos[video_index])
         total = video.info.num_frames
@@ -130,11 +139,11 @@ class ClipDataset(Dataset):
             try:
                 return self._load(video_index, view), self.labels[video_index], video_index
             except VideoReadError as error:
+                if not self.train:
+                    logger.debug("view %d of %s is left out: %s", view, self.videos[video_index], error)
+                    return self._unreadable_view(), UNREADABLE, video_index
                 self._skipped.add(self.videos[video_index], str(error))
-                if self.train:
-                    video_index = random.randrange(self.num_videos)
-                else:
-                    video_index = (video_index + 1) % self.num_videos
+                video_index = random.randrange(self.num_videos)
         raise RuntimeError(
             f"{self.max_retries + 1} videos in a row could not be decoded, last {self.videos[video_index]}; "
             f"skipped so far: {len(self.skipped_files())}"

@@ -1,18 +1,25 @@
 """The run configuration: a structured OmegaConf schema, YAML files and ``key=value`` overrides.
 
 ``load_config(path, overrides)`` merges ``configs/*.yaml`` into the schema below; a key the
-schema lacks or a value of the wrong type raises :class:`ConfigError` naming the key and the
-file (or the override). ``save_config`` writes the resolved config into the run directory.
+schema lacks, a value of the wrong type or out of range, or an unknown name raises
+:class:`ConfigError` naming the key, the value and the file (or the override), before any data
+or model is built. ``check_runnable`` adds the checks that depend on this machine (paths that
+must exist, a CUDA device). ``save_config`` writes the resolved config into the run directory.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+
+import torch
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from softpool3d.models import list_models
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -23,7 +30,8 @@ class DataConfig:
 
     ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
     process. Validation uses one centre view per video (clip accuracy); the test uses
-    ``num_clips x num_crops`` views.
+    ``num_clips x num_crops`` views. A val/test video that cannot be decoded is left out of
+    the metrics; more than ``max_bad_fraction`` of them stops the run, naming the files.
     """
 
     dataset: str = "ucf101"
@@ -46,6 +54,7 @@ class DataConfig:
     batch_size: int = 8
     test_batch_size: int = 8
     num_workers: int = 4
+    max_bad_fraction: float = 0.05
 
 
 @dataclass
@@ -79,7 +88,8 @@ class OptimConfig:
 class TrainConfig:
     """The training loop.
 
-    ``amp``: none | bf16 | fp16 (with a grad scaler). ``grad_clip``: max gradient norm (0: off).
+    ``amp``: auto | none | bf16 | fp16 (with a grad scaler); ``auto`` is bf16 on CUDA GPUs and
+    CPUs with native bf16 (AMX, AVX512-BF16), float32 otherwise (see ``builders.resolve_amp``). ``grad_clip``: max gradient norm (0: off).
     ``accumulate``: micro-batches per optimizer step. ``checkpoint_every_steps``: also write
     ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
@@ -141,10 +151,13 @@ class ConfigError(ValueError):
 _CHOICES = {
     "model.pool": ("soft", "max", "avg"),
     "optim.name": ("sgd", "adamw"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.dataset": ("kinetics700", "ucf101", "hmdb51", "custom"),
+    "data.train_split": ("train", "val", "test"),
+    "data.val_split": ("train", "val", "test"),
+    "data.test_split": ("train", "val", "test"),
 }
 
 
@@ -153,19 +166,114 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
+        if key in _LISTS:
+            raise ConfigError(f"{source}: {key} must be a list of {_LISTS[key][1]}") from None
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{source}: bad key {key!r}: {message}") from None
 
 
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= low), f"must be >= {low:g}"
+
+
+def _in_range(low: float, high: float, high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if high_open:
+        return (lambda value: low <= value < high), f"must be in [{low:g}, {high:g})"
+    return (lambda value: low <= value <= high), f"must be in [{low:g}, {high:g}]"
+
+
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.fold": _in_range(1, 3),
+    "data.num_frames": _at_least(1),
+    "data.sampling_rate": _at_least(1),
+    "data.crop_size": _at_least(1),
+    "data.test_scale": _at_least(1),
+    "data.num_clips": _at_least(1),
+    "data.num_crops": ((lambda value: value in (1, 3)), "must be 1 or 3"),
+    "data.batch_size": _at_least(1),
+    "data.test_batch_size": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "data.max_bad_fraction": _in_range(0, 1),
+    "model.dropout": _in_range(0, 1, high_open=True),
+    "model.freeze_stages": _at_least(0),
+    "optim.lr": ((lambda value: value > 0), "must be > 0"),
+    "optim.momentum": _in_range(0, 1, high_open=True),
+    "optim.weight_decay": _at_least(0),
+    "optim.warmup_epochs": _at_least(0),
+    "optim.warmup_start_factor": ((lambda value: 0 < value <= 1), "must be in (0, 1]"),
+    "optim.min_lr": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.limit_steps_per_epoch": _at_least(0),
+    "train.num_threads": _at_least(0),
+    "train.label_smoothing": _in_range(0, 1, high_open=True),
+    "train.grad_clip": _at_least(0),
+    "train.accumulate": _at_least(1),
+    "train.val_every": _at_least(1),
+    "train.checkpoint_every_steps": _at_least(0),
+    "train.max_consecutive_skips": _at_least(1),
+    "train.dist_timeout_s": _at_least(1),
+}
+"""Allowed values of every numeric key: ``key -> (test, what the test asks for)``."""
+
+_LISTS = {
+    "data.train_scale": (2, "two ints [low, high], e.g. [128, 160]"),
+    "data.mean": (3, "three floats (R, G, B), e.g. [0.45, 0.45, 0.45]"),
+    "data.std": (3, "three floats (R, G, B), e.g. [0.225, 0.225, 0.225]"),
+    "optim.betas": (2, "two floats, e.g. [0.9, 0.999]"),
+}
+"""List-valued keys: ``key -> (length, what is expected)``."""
+
+
 def _check(cfg: DictConfig, source: str) -> None:
+    """Range-check every value of ``cfg``; raise :class:`ConfigError` naming key, value and ``source``."""
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
-    for key in ("train.epochs", "train.accumulate", "train.val_every", "data.batch_size", "data.num_frames",
-                "train.max_consecutive_skips", "train.dist_timeout_s"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1, got {OmegaConf.select(cfg, key)}")
+    for key, (length, expected) in _LISTS.items():
+        value = list(OmegaConf.select(cfg, key))
+        if len(value) != length:
+            raise ConfigError(f"{source}: {key}={value} must be a list of {expected}")
+    for key, (test, rule) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
+            raise ConfigError(f"{source}: {key}={value} {rule}")
+    data = cfg.data
+    low, high = data.train_scale
+    if not data.crop_size <= low <= high:
+        raise ConfigError(f"{source}: data.train_scale={[low, high]} must satisfy data.crop_size ({data.crop_size}) "
+                          f"<= low <= high")
+    if data.test_scale < data.crop_size:
+        raise ConfigError(f"{source}: data.test_scale={data.test_scale} must be >= data.crop_size ({data.crop_size})")
+    if not all(math.isfinite(s) and s > 0 for s in data.std) or not all(math.isfinite(m) for m in data.mean):
+        raise ConfigError(f"{source}: data.mean={list(data.mean)} must be finite and data.std={list(data.std)} "
+                          f"finite and > 0")
+    if not all(0 <= beta < 1 for beta in cfg.optim.betas):
+        raise ConfigError(f"{source}: optim.betas={list(cfg.optim.betas)} must each be in [0, 1)")
+    if cfg.model.width is not None and cfg.model.width < 1:
+        raise ConfigError(f"{source}: model.width={cfg.model.width} must be >= 1 (or null for the model's default)")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"{source}: model.name={cfg.model.name!r} is not a known model; available: "
+                          f"{', '.join(list_models())}")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"{source}: name={cfg.name!r} must be a non-empty folder name (no '/')")
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """Checks that depend on this machine, made before any data or model is built: the dataset
+    folder, ``data.annotations``, ``model.pretrained`` and a ``resume`` path exist, and
+    ``train.device=cuda`` has a CUDA device. Raises :class:`ConfigError` naming the key and value."""
+    if not cfg.data.make_demo and not Path(cfg.data.root).is_dir():
+        raise ConfigError(f"data.root={cfg.data.root}: dataset folder not found (absolute: {Path(cfg.data.root).resolve()})")
+    for key in ("data.annotations", "model.pretrained"):
+        value = OmegaConf.select(cfg, key)
+        if value and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value}: no such file or folder")
+    if cfg.resume not in ("", "auto") and not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume={cfg.resume}: no such checkpoint file (use resume=auto for the run's last.pt)")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but torch finds no CUDA device here (torch "
+                          f"{torch.__version__}, CUDA build {torch.version.cuda}); use train.device=cpu or auto")
 
 
 def from_container(container: Mapping[str, Any], overrides: Sequence[str] = (), source: str = "config") -> DictConfig:

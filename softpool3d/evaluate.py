@@ -1,16 +1,18 @@
 """Multi-view evaluation: softmax averaged over each video's ``num_clips x num_crops`` views.
 
 Items are sharded ``r::world`` over ranks (no sampler padding) and the per-video sums are
-all-reduced, so every view, hence every video, is counted exactly once under torchrun.
+all-reduced, so every view, hence every video, is counted exactly once under torchrun. A view
+whose label is ``UNREADABLE`` (its video cannot be decoded) leaves its video out of the metrics;
+the result says how many videos it covers.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -20,25 +22,42 @@ from tqdm import tqdm
 
 from softpool3d import builders
 from softpool3d.checkpoint import load_checkpoint
-from softpool3d.config import from_container
+from softpool3d.config import ConfigError, check_runnable, from_container
+from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
 from softpool3d.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 logger = logging.getLogger(__name__)
 
 
+class UnreadableVideosError(RuntimeError):
+    """More than ``data.max_bad_fraction`` of the videos of an evaluation cannot be decoded."""
+
+
 @dataclass
 class EvalResult:
-    """Video-level results: ``probabilities (V, K)`` (mean softmax over views), ``labels (V,)``."""
+    """Video-level results over the videos that could be decoded: ``probabilities (V, K)`` (mean
+    softmax over views), ``labels (V,)``, ``views (V,)``, and ``video_indices (V,)`` / ``videos`` (paths)
+    of those videos in the dataset; ``total_videos`` counts the dataset's videos and ``left_out``
+    names those that could not be decoded."""
 
     probabilities: torch.Tensor
     labels: torch.Tensor
     views: torch.Tensor
     classes: list[str]
+    video_indices: torch.Tensor
+    videos: list[str]
+    total_videos: int
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def num_videos(self) -> int:
         return int(self.labels.numel())
+
+    @property
+    def coverage(self) -> str:
+        """E.g. ``"62 of 64 videos"``."""
+        return f"{self.num_videos} of {self.total_videos} videos"
 
     @property
     def top1(self) -> float:
@@ -57,6 +76,11 @@ class EvalResult:
         return per_class_accuracy(self.confusion)
 
 
+def _video_name(dataset: Dataset, index: int) -> str:
+    videos = getattr(dataset, "videos", None)
+    return str(videos[index]) if videos is not None else f"video {index}"
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -66,16 +90,20 @@ def evaluate(
     num_workers: int = 0,
     amp: str = "none",
     progress: bool = False,
+    max_bad_fraction: float = 0.05,
 ) -> EvalResult:
     """Evaluate ``model`` on every view of ``dataset`` (items ``(clip (C, T, H, W), label, video_index)``).
 
-    ``dataset`` provides ``num_videos``, ``num_views`` and ``classes``. Returns the same
-    :class:`EvalResult` on every rank.
+    ``dataset`` provides ``num_videos``, ``num_views`` and ``classes`` (and ``videos``, the paths,
+    if it has them). A video with a view labelled ``UNREADABLE`` is left out of the result; if
+    more than ``max_bad_fraction`` of the videos are, :class:`UnreadableVideosError` names them.
+    Returns the same :class:`EvalResult` on every rank.
     """
     num_videos, num_classes = dataset.num_videos, len(dataset.classes)
     sums = torch.zeros(num_videos, num_classes, dtype=torch.float64)
     views = torch.zeros(num_videos, dtype=torch.float64)
     labels = torch.zeros(num_videos, dtype=torch.float64)
+    unreadable = torch.zeros(num_videos, dtype=torch.float64)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -86,6 +114,12 @@ def evaluate(
     model.eval()
     for clips, targets, video_index in tqdm(loader, desc="eval", disable=not (progress and dist_info.is_main),
                                             leave=False, dynamic_ncols=True):
+        readable = targets != UNREADABLE
+        if not bool(readable.all()):
+            unreadable.index_add_(0, video_index[~readable], torch.ones(int((~readable).sum()), dtype=torch.float64))
+            clips, targets, video_index = clips[readable], targets[readable], video_index[readable]
+            if not len(targets):
+                continue
         with builders.autocast(dist_info.device, amp):
             logits = model(clips.to(dist_info.device, non_blocking=True))
         probabilities = logits.float().softmax(dim=1).double().cpu()
@@ -93,79 +127,129 @@ def evaluate(
         views.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
         labels.index_add_(0, video_index, targets.double())
     model.train(was_training)
-    packed = all_reduce_sum(torch.cat([sums, views[:, None], labels[:, None]], dim=1).to(dist_info.device)).cpu()
+    packed = torch.cat([sums, views[:, None], labels[:, None], unreadable[:, None]], dim=1)
+    packed = all_reduce_sum(packed.to(dist_info.device)).cpu()
     sums, views, labels = packed[:, :num_classes], packed[:, num_classes], packed[:, num_classes + 1]
-    if bool((views < 1).any()):
-        missing = (views < 1).nonzero().flatten().tolist()
-        raise RuntimeError(f"videos {missing[:10]} received no view during evaluation")
+    bad = packed[:, num_classes + 2] > 0
+    left_out = [_video_name(dataset, i) for i in bad.nonzero().flatten().tolist()]
+    if len(left_out) > max_bad_fraction * num_videos:
+        listed = ", ".join(left_out[:20]) + (f" and {len(left_out) - 20} more" if len(left_out) > 20 else "")
+        raise UnreadableVideosError(
+            f"{len(left_out)} of {num_videos} videos cannot be decoded, more than data.max_bad_fraction="
+            f"{max_bad_fraction:g} of them: {listed}"
+        )
+    kept = (~bad).nonzero().flatten()
+    if bool((views[kept] < 1).any()):
+        missing = kept[views[kept] < 1].tolist()
+        raise RuntimeError(f"videos {[_video_name(dataset, i) for i in missing[:10]]} received no view during evaluation")
     return EvalResult(
-        probabilities=sums / views[:, None],
-        labels=(labels / views).round().long(),
-        views=views.long(),
+        probabilities=sums[kept] / views[kept, None],
+        labels=(labels[kept] / views[kept]).round().long(),
+        views=views[kept].long(),
         classes=list(dataset.classes),
+        video_indices=kept,
+        videos=[_video_name(dataset, i) for i in kept.tolist()],
+        total_videos=num_videos,
+        left_out=left_out,
     )
 
 
+def report_left_out(result: EvalResult, what: str, already_reported: Optional[set[str]] = None) -> None:
+    """Log (once per path when ``already_reported`` is kept across calls) the videos ``result`` left out."""
+    new = [path for path in result.left_out if already_reported is None or path not in already_reported]
+    if new:
+        logger.warning("%s: %d of %d videos cannot be decoded and are left out of the metrics: %s", what,
+                       len(result.left_out), result.total_videos, ", ".join(new))
+    if already_reported is not None:
+        already_reported.update(new)
+
+
 def write_predictions(result: EvalResult, directory: Path) -> tuple[Path, Path]:
-    """Write ``predictions.csv`` (one row per video) and ``predictions.json`` (metrics, per-class
-    accuracy and the rows) into ``directory``; return both paths."""
+    """Write ``predictions.csv`` (one row per video, with its path) and ``predictions.json`` (metrics,
+    the videos covered and left out, per-class accuracy and the rows) into ``directory``; return both paths."""
     directory.mkdir(parents=True, exist_ok=True)
     top = result.probabilities.topk(min(5, len(result.classes)), dim=1)
     rows = []
-    for video in range(result.num_videos):
-        label, predicted = int(result.labels[video]), int(top.indices[video, 0])
+    for row in range(result.num_videos):
+        label, predicted = int(result.labels[row]), int(top.indices[row, 0])
         rows.append({
-            "video_index": video,
+            "video_index": int(result.video_indices[row]),
+            "video": result.videos[row],
             "label": result.classes[label],
             "prediction": result.classes[predicted],
-            "score": round(float(top.values[video, 0]), 6),
+            "score": round(float(top.values[row, 0]), 6),
             "correct": label == predicted,
-            "top5": [result.classes[int(i)] for i in top.indices[video]],
-            "views": int(result.views[video]),
+            "top5": [result.classes[int(i)] for i in top.indices[row]],
+            "views": int(result.views[row]),
         })
     csv_path, json_path = directory / "predictions.csv", directory / "predictions.json"
     with csv_path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["video_index"])
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["video_index", "video"])
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "top5": " ".join(row["top5"])})
     per_class = {name: (None if acc != acc else acc) for name, acc in zip(result.classes, result.per_class.tolist())}
-    summary = {"num_videos": result.num_videos, "top1": result.top1, "top5": result.top5,
-               "per_class_top1": per_class, "predictions": rows}
+    summary = {"num_videos": result.num_videos, "total_videos": result.total_videos, "left_out": result.left_out,
+               "top1": result.top1, "top5": result.top5, "per_class_top1": per_class, "predictions": rows}
     json_path.write_text(json.dumps(summary, indent=2))
     return csv_path, json_path
 
 
-def run_test(checkpoint: str, overrides: Sequence[str] = ()) -> EvalResult:
+def test_output_dir(checkpoint: str | Path, out: Optional[str | Path] = None) -> Path:
+    """Where ``tools/test.py`` writes: ``out`` if given, else ``<run>/test-<checkpoint stem>/`` for a
+    checkpoint in ``<run>/checkpoints/`` (beside the run's own ``test/``, never over it). A checkpoint
+    elsewhere needs ``out`` (:class:`ConfigError`)."""
+    if out is not None:
+        return Path(out)
+    path = Path(checkpoint).resolve()
+    if path.parent.name != "checkpoints":
+        raise ConfigError(f"checkpoint {checkpoint} is not in a run's checkpoints/ folder, so there is no run "
+                          f"directory to write to; choose one with --out DIR")
+    return path.parent.parent / f"test-{path.stem}"
+
+
+def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str | Path] = None) -> EvalResult:
     """``tools/test.py``: evaluate ``checkpoint`` on ``data.test_split`` with ``data.num_clips x data.num_crops``
-    views; the checkpoint's config with ``overrides`` applied. Rank 0 writes the predictions next to
-    the checkpoint's run (``<run_dir>/test``) and logs the metrics."""
+    views; the checkpoint's config with ``overrides`` applied. Rank 0 writes the predictions into
+    :func:`test_output_dir` and logs the metrics."""
+    directory = test_output_dir(checkpoint, out)
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"], overrides, source=f"config stored in {checkpoint}")
+    cfg.model.pretrained, cfg.model.freeze_stages, cfg.resume = None, 0, ""  # the checkpoint holds the weights
+    check_runnable(cfg)
     dist_info = init_distributed(cfg.train.device)
     builders.set_threads(cfg)
     try:
-        result = _test(cfg, state, dist_info)
         if dist_info.is_main:
-            directory = Path(checkpoint).resolve().parent.parent / "test"
+            directory.mkdir(parents=True, exist_ok=True)
+        result = _test(cfg, state, checkpoint, dist_info)
+        if dist_info.is_main:
+            report_left_out(result, f"test (split '{cfg.data.test_split}')")
             csv_path, json_path = write_predictions(result, directory)
-            logger.info("test %s: %d videos, video top-1 %.2f%%, top-5 %.2f%%", cfg.data.test_split,
-                        result.num_videos, 100 * result.top1, 100 * result.top5)
+            logger.info("test (split '%s'): %s, video top-1 %.2f%%, top-5 %.2f%%", cfg.data.test_split,
+                        result.coverage, 100 * result.top1, 100 * result.top5)
             logger.info("predictions written to %s and %s", csv_path, json_path)
         return result
     finally:
         cleanup()
 
 
-def _test(cfg: DictConfig, state: dict, dist_info: DistInfo) -> EvalResult:
+def _test(cfg: DictConfig, state: dict, checkpoint: str, dist_info: DistInfo) -> EvalResult:
     dataset = builders.build_dataset(cfg, cfg.data.test_split, train=False,
                                      num_clips=cfg.data.num_clips, num_crops=cfg.data.num_crops)
     if list(dataset.classes) != list(state["classes"]):
-        raise ValueError(f"the test set's classes {dataset.classes[:5]}... differ from the checkpoint's "
-                         f"{state['classes'][:5]}...")
-    cfg.model.pretrained, cfg.model.freeze_stages = None, 0
+        raise ConfigError(f"the classes of {cfg.data.dataset} at {cfg.data.root} ({len(dataset.classes)}: "
+                          f"{', '.join(dataset.classes[:5])}, ...) differ from those checkpoint {checkpoint} was "
+                          f"trained on ({len(state['classes'])}: {', '.join(state['classes'][:5])}, ...)")
     model = builders.build_model(cfg, len(state["classes"]))
-    model.load_state_dict(state["model"])
+    builders.load_model_state(model, state, checkpoint)
     model.to(dist_info.device)
-    return evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, cfg.train.amp,
-                    progress=True)
+    amp, reason = builders.resolve_amp(cfg.train.amp, dist_info.device)
+    warning = builders.slow_bf16_warning(cfg.train.amp, dist_info.device)
+    if dist_info.is_main:
+        logger.info("%s: %d videos x %d views on %s, precision %s (%s)", checkpoint, dataset.num_videos,
+                    dataset.num_views, dist_info.device, builders.precision_name(amp), reason)
+        if warning is not None:
+            logger.warning("%s", warning)
+    return evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, amp,
+                    progress=True, max_bad_fraction=cfg.data.max_bad_fraction)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from softpool3d import builders
 from softpool3d.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from softpool3d.config import run_dir, save_config, to_container
+from softpool3d.config import ConfigError, run_dir, save_config, to_container
 from softpool3d.distributed import (
     DistInfo,
     ResumableDistributedSampler,
@@ -45,11 +45,12 @@ from softpool3d.distributed import (
     init_distributed,
     restart_count,
 )
-from softpool3d.evaluate import EvalResult, evaluate, write_predictions
+from softpool3d.evaluate import EvalResult, evaluate, report_left_out, write_predictions
 from softpool3d.metrics import confusion_image
 from softpool3d.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
 from softpool3d.optim import build_optimizer, build_scheduler
 from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.summary import log_startup_summary, split_label
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,11 @@ class _Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         barrier()
         self.train_set = builders.build_dataset(cfg, cfg.data.train_split, train=True)
+        self.val_set = builders.build_dataset(cfg, cfg.data.val_split, train=False)
+        self.test_set = (builders.build_dataset(cfg, cfg.data.test_split, train=False, num_clips=cfg.data.num_clips,
+                                                num_crops=cfg.data.num_crops) if cfg.train.test_after_train else None)
+        self.left_out_reported: set[str] = set()
+        self.amp, amp_reason = builders.resolve_amp(cfg.train.amp, self.device)
         self.classes = list(self.train_set.classes)
         self.model = builders.build_model(cfg, len(self.classes)).to(self.device)
         self.sampler = ResumableDistributedSampler(
@@ -158,7 +164,7 @@ class _Trainer:
         if cfg.train.limit_steps_per_epoch > 0:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.limit_steps_per_epoch)
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(self.train_set)} training clips over {dist_info.world_size} processes do not fill one step of "
                 f"data.batch_size={cfg.data.batch_size} x train.accumulate={cfg.train.accumulate}"
             )
@@ -176,8 +182,9 @@ class _Trainer:
             else self.model
         )
         self.writer = SummaryWriter(str(self.tensorboard_dir)) if dist_info.is_main else None
-        self.val_set = None
         self.warmed_up = False
+        log_startup_summary(cfg, dist_info, {"train": self.train_set, "val": self.val_set, "test": self.test_set},
+                            self.model, self.steps_per_epoch, self.amp, amp_reason)
 
     def _resume(self) -> None:
         resume = self.cfg.resume
@@ -194,7 +201,7 @@ class _Trainer:
         checkpoint = load_checkpoint(path)
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.cfg.data.root}")
-        self.model.load_state_dict(checkpoint["model"])
+        builders.load_model_state(self.model, checkpoint, path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
@@ -283,7 +290,10 @@ class _Trainer:
         if self.dist.is_main:
             summary = {"step": result.step, "world_size": self.dist.world_size, "clips_per_s": result.clips_per_s,
                        "skipped_steps": self.guard.skipped, "val_top1": val_top1,
-                       "test_top1": test.top1 if test else None, "test_top5": test.top5 if test else None}
+                       "test_top1": test.top1 if test else None,
+                       "test_top5": test.top5 if test else None, "test_videos": test.num_videos if test else None,
+                       "test_total_videos": test.total_videos if test else None,
+                       "test_left_out": test.left_out if test else None}
             (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         return result
 
@@ -393,12 +403,12 @@ class _Trainer:
 
     def _validate(self, epoch: int) -> float:
         cfg = self.cfg
-        if self.val_set is None:
-            self.val_set = builders.build_dataset(cfg, cfg.data.val_split, train=False)
         result = evaluate(self.model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                          cfg.train.amp)
-        logger.info("epoch %d: val clip top-1 %.2f%%, top-5 %.2f%% (%d clips)", epoch + 1, 100 * result.top1,
-                    100 * result.top5, result.num_videos)
+                          self.amp, max_bad_fraction=cfg.data.max_bad_fraction)
+        if self.dist.is_main:
+            report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
+        logger.info("epoch %d: %s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
+                    100 * result.top1, 100 * result.top5, result.coverage)
         if self.writer is not None:
             self.writer.add_scalar("val/top1", result.top1, self.state.step)
             self.writer.add_scalar("val/top5", result.top5, self.state.step)
@@ -407,14 +417,13 @@ class _Trainer:
 
     def _test(self) -> EvalResult:
         cfg = self.cfg
-        dataset = builders.build_dataset(cfg, cfg.data.test_split, train=False, num_clips=cfg.data.num_clips,
-                                         num_crops=cfg.data.num_crops)
-        result = evaluate(self.model, dataset, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                          cfg.train.amp, progress=True)
+        result = evaluate(self.model, self.test_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
+                          self.amp, progress=True, max_bad_fraction=cfg.data.max_bad_fraction)
         if self.dist.is_main:
+            report_left_out(result, split_label(cfg, "test"), self.left_out_reported)
             csv_path, _ = write_predictions(result, self.run_dir / "test")
-            logger.info("test %s: %d videos x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s",
-                        cfg.data.test_split, result.num_videos, dataset.num_views, 100 * result.top1,
+            logger.info("%s: %s x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s",
+                        split_label(cfg, "test"), result.coverage, self.test_set.num_views, 100 * result.top1,
                         100 * result.top5, csv_path)
         if self.writer is not None:
             self.writer.add_scalar("test/top1", result.top1, self.state.step)

@@ -1,13 +1,15 @@
-"""Config schema: every shipped YAML loads, mistakes fail naming the key and the file."""
+"""Config schema: every shipped YAML loads, mistakes and out-of-range values fail at load naming the
+key and the file; train.amp=auto follows the hardware."""
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from softpool3d import builders
 from softpool3d.builders import build_model
-
-from softpool3d.config import ConfigError, DEFAULT_CONFIG, load_config, save_config
+from softpool3d.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
 from softpool3d.models import list_models
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
@@ -53,8 +55,8 @@ def test_wrongly_typed_value_fails_naming_key(tmp_path):
 
 
 def test_overrides_apply_and_mistyped_override_fails():
-    cfg = load_config(None, ["optim.lr=0.5", "model.name=x3d_s", "data.train_scale=[10,20]"])
-    assert cfg.optim.lr == 0.5 and cfg.model.name == "x3d_s" and list(cfg.data.train_scale) == [10, 20]
+    cfg = load_config(None, ["optim.lr=0.5", "model.name=x3d_s", "data.train_scale=[70,90]"])
+    assert cfg.optim.lr == 0.5 and cfg.model.name == "x3d_s" and list(cfg.data.train_scale) == [70, 90]
     with pytest.raises(ConfigError, match="train.epoch"):
         load_config(None, ["train.epoch=3"])
     with pytest.raises(ConfigError, match="not of the form"):
@@ -75,3 +77,71 @@ def test_saved_config_reloads_identically(tmp_path):
     cfg = load_config(None, ["optim.lr=0.25"])
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+BAD_VALUES = {
+    "data.fold": 4, "data.num_frames": 0, "data.sampling_rate": 0, "data.crop_size": -5, "data.test_scale": 0,
+    "data.num_clips": 0, "data.num_crops": 2, "data.batch_size": 0, "data.test_batch_size": 0,
+    "data.num_workers": -1, "data.max_bad_fraction": 1.5, "model.dropout": 1.0, "model.freeze_stages": -1,
+    "optim.lr": 0.0, "optim.momentum": 1.0, "optim.weight_decay": -0.1, "optim.warmup_epochs": -1.0,
+    "optim.warmup_start_factor": 0.0, "optim.min_lr": -1.0, "train.epochs": 0, "train.limit_steps_per_epoch": -1,
+    "train.num_threads": -1, "train.label_smoothing": 2.0, "train.grad_clip": -1.0, "train.accumulate": 0,
+    "train.val_every": 0, "train.checkpoint_every_steps": -1, "train.max_consecutive_skips": 0,
+    "train.dist_timeout_s": 0,
+}
+
+
+def test_every_range_checked_key_has_a_failing_case():
+    assert set(BAD_VALUES) == set(_RANGES)
+
+
+@pytest.mark.parametrize("key,value", sorted(BAD_VALUES.items()))
+def test_out_of_range_value_fails_at_load_naming_key_and_value(key, value):
+    with pytest.raises(ConfigError, match=f"{re.escape(key)}={re.escape(str(value))} must"):
+        load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.train_scale=128", "data.train_scale must be a list of two ints"),
+    ("data.train_scale=[128]", "data.train_scale=[128] must be a list of two ints"),
+    ("data.train_scale=[160,128]", "data.crop_size"),
+    ("data.test_scale=32", "data.test_scale=32 must be >= data.crop_size"),
+    ("data.std=[1,0,1]", "data.std"),
+    ("optim.lr=nan", "optim.lr=nan"),
+    ("optim.betas=[0.9,1.5]", "optim.betas"),
+    ("model.name=resnet9000", "model.name='resnet9000' is not a known model"),
+    ("model.width=0", "model.width=0"),
+    ("data.val_split=validation", "data.val_split='validation' is not one of train, val, test"),
+])
+def test_structured_values_fail_with_what_is_expected(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_recipes_choose_their_precision_automatically():
+    for path in CONFIGS:
+        assert load_config(path).train.amp in ("auto", "none"), path
+
+
+def test_amp_auto_follows_the_hardware(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: False)
+    assert builders.resolve_amp("auto", cpu)[0] == "none"
+    assert "no native bf16" in builders.resolve_amp("auto", cpu)[1]
+    assert "20-40x slower" in builders.slow_bf16_warning("bf16", cpu)
+    assert builders.slow_bf16_warning("none", cpu) is None and builders.resolve_amp("bf16", cpu)[0] == "bf16"
+    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: True)
+    assert builders.resolve_amp("auto", cpu)[0] == "bf16" and builders.slow_bf16_warning("bf16", cpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert builders.resolve_amp("auto", gpu)[0] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert builders.resolve_amp("auto", gpu)[0] == "none"
+    assert builders.resolve_amp("fp16", gpu)[0] == "fp16"
+
+
+def test_native_bf16_probe_agrees_with_cpuinfo_flags():
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    builders.cpu_has_native_bf16.cache_clear()
+    assert builders.cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)

@@ -218,7 +218,7 @@ def test_epoch_survives_corrupt_empty_and_missing_files(demo_root, tmp_path, cap
     (root / lines[1]).write_bytes(b"")
     (root / lines[2]).unlink()
     with caplog.at_level(logging.WARNING):
-        dataset = build_dataset("ucf101", root, "test", train=False, **CLIP)
+        dataset = build_dataset("ucf101", root, "test", train=True, **CLIP)
     assert "1 of 16 annotated videos are missing" in caplog.text
     (root / lines[3]).unlink()
     loader = DataLoader(dataset, batch_size=4, num_workers=2)

@@ -116,7 +116,7 @@ def test_torchrun_restart_resumes_by_itself_to_the_same_weights(ddp_run, demo_ro
 
 def test_two_process_evaluation_counts_each_video_once_and_agrees(ddp_run, demo_root):
     checkpoint = ddp_run / "checkpoints" / "last.pt"
-    test_dir = ddp_run / "test"
+    test_dir = ddp_run / "test-last"  # tools/test.py writes beside the run's own test/
     _run([TOOLS / "test.py", checkpoint])
     one = json.loads((test_dir / "predictions.json").read_text())
     _run([TOOLS / "test.py", checkpoint], processes=2)

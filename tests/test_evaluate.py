@@ -1,12 +1,17 @@
-"""Multi-view evaluation against a hand-computed reference; sharding covers every item once; metrics."""
+"""Multi-view evaluation against a hand-computed reference; sharding covers every item once; metrics;
+unreadable videos left out of the metrics and named."""
+import csv
 import json
+import shutil
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from softpool3d.datasets import build_dataset
+from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.distributed import DistInfo, ShardSampler
-from softpool3d.evaluate import evaluate, write_predictions
+from softpool3d.evaluate import UnreadableVideosError, evaluate, write_predictions
 from softpool3d.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
 
 
@@ -69,3 +74,64 @@ def test_predictions_files_hold_every_video(tmp_path):
     assert summary["num_videos"] == 7 and len(summary["predictions"]) == 7
     assert summary["top1"] == pytest.approx(result.top1)
     assert sorted(row["video_index"] for row in summary["predictions"]) == list(range(7))
+
+
+class WithUnreadable(Views):
+    """``Views`` whose videos in ``bad`` yield ``UNREADABLE`` items for the views in ``bad_views``."""
+
+    def __init__(self, bad=(2, 5), bad_views=(0, 1, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.bad, self.bad_views = set(bad), set(bad_views)
+        self.videos = [f"/data/v{i}.mp4" for i in range(self.num_videos)]
+
+    def __getitem__(self, index):
+        clip, label, video = super().__getitem__(index)
+        if video in self.bad and index % self.num_views in self.bad_views:
+            return torch.zeros_like(clip), UNREADABLE, video
+        return clip, label, video
+
+
+@pytest.mark.parametrize("bad_views", [(0, 1, 2), (1,)])
+def test_unreadable_videos_are_left_out_and_named(bad_views):
+    data = WithUnreadable(bad_views=bad_views)
+    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4, max_bad_fraction=0.3)
+    kept = [v for v in range(data.num_videos) if v not in data.bad]
+    reference = data.logits.double().softmax(1).reshape(data.num_videos, data.num_views, -1).mean(1)[kept]
+    torch.testing.assert_close(result.probabilities, reference, rtol=1e-6, atol=1e-7)
+    assert result.video_indices.tolist() == kept and result.videos == [data.videos[v] for v in kept]
+    assert result.left_out == ["/data/v2.mp4", "/data/v5.mp4"]
+    assert result.coverage == "5 of 7 videos" and result.total_videos == 7
+    predicted = reference.argmax(1)
+    assert result.top1 == pytest.approx((predicted == data.labels[kept]).double().mean().item())
+
+
+def test_more_unreadable_videos_than_the_fraction_stop_naming_them():
+    with pytest.raises(UnreadableVideosError, match=r"2 of 7 videos .*max_bad_fraction=0.25.*/data/v2.mp4, /data/v5.mp4"):
+        evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.25)
+    evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=2 / 7)
+
+
+def test_predictions_carry_the_video_path_and_what_was_left_out(tmp_path):
+    result = evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.5)
+    csv_path, json_path = write_predictions(result, tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["video"] for row in rows] == [f"/data/v{i}.mp4" for i in (0, 1, 3, 4, 6)]
+    assert [int(row["video_index"]) for row in rows] == [0, 1, 3, 4, 6]
+    summary = json.loads(json_path.read_text())
+    assert (summary["num_videos"], summary["total_videos"]) == (5, 7)
+    assert summary["left_out"] == ["/data/v2.mp4", "/data/v5.mp4"]
+
+
+def test_clip_dataset_test_views_of_a_bad_video_collate_as_unreadable(demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    lines = (root / "testlist01.txt").read_text().split()
+    (root / lines[1]).write_bytes(b"")
+    dataset = build_dataset("ucf101", root, "test", train=False, num_frames=4, crop_size=32, test_scale=32,
+                            num_clips=2, num_crops=3)
+    batches = list(DataLoader(dataset, batch_size=8, num_workers=2))
+    labels = torch.cat([labels for _, labels, _ in batches])
+    videos = torch.cat([videos for _, _, videos in batches])
+    assert torch.equal(videos[labels == UNREADABLE], torch.full((6,), 1))
+    assert (labels[videos != 1] >= 0).all()
+    assert batches[0][0].shape == (8, 3, 4, 32, 32)

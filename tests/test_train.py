@@ -68,7 +68,7 @@ def synthetic(monkeypatch):
 
 def _overrides(tmp_path, *extra):
     return [
-        f"output_dir={tmp_path}", "name=run", "data.make_demo=false", "data.batch_size=4", "data.num_workers=0",
+        f"output_dir={tmp_path}", "name=run", f"data.root={tmp_path}", "data.make_demo=false", "data.batch_size=4", "data.num_workers=0",
         "data.test_batch_size=5", "data.num_clips=2", "data.num_crops=1", "model.width=4", "train.epochs=2",
         "train.val_every=1", "optim.name=sgd", "optim.lr=0.05", "train.deterministic=true", *extra,
     ]
@@ -312,7 +312,7 @@ def test_output_dir_under_a_regular_file_fails_before_the_first_step(tmp_path, s
     """Unwritable for every user, root included: a path below a regular file."""
     (tmp_path / "file").write_text("x")
     monkeypatch.setattr(train_module, "_Trainer", None)  # nothing may be built
-    assert cli.train_main(_overrides(tmp_path / "file" / "out", "train.epochs=1")) == 2
+    assert cli.train_main(_overrides(tmp_path / "file" / "out", "train.epochs=1", f"data.root={tmp_path}")) == 2
     [error] = _errors(caplog)
     assert error == f"output directory {tmp_path / 'file' / 'out' / 'run'} is not writable: Not a directory"
 
