@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import shutil
 import tempfile
 import weakref
@@ -14,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from softpool3d.datasets.annotations import Annotations
-from softpool3d.datasets.sampling import random_clip, uniform_clips
+from softpool3d.datasets.sampling import randint, random_clip, sample_generator, uniform_clips
 from softpool3d.datasets.transforms import TestTransform, TrainTransform
 from softpool3d.datasets.video_io import OpenVideo, VideoReadError
 
@@ -52,14 +51,19 @@ class ClipDataset(Dataset):
     """Clips of the videos in ``annotations``.
 
     Training (``train=True``): item ``i`` is one random clip of video ``i``, randomly scaled,
-    cropped and flipped. Testing: item ``i`` is view ``i % num_views`` of video
-    ``i // num_views``, where the views are ``num_clips`` uniformly spaced clips times
-    ``num_crops`` crops, all deterministic. Items are ``(clip, label, video_index)`` with
-    ``clip`` float ``(C, T, crop_size, crop_size)``.
+    cropped and flipped; with ``repeat_aug=k`` it is ``k`` such clips of video ``i``, decoded
+    together (one file open, one decode of the union of their frames). Every random draw of
+    item ``i``'s repeat ``r`` comes from :func:`sample_generator` ``(seed, epoch, i, r)``, with
+    ``epoch`` set by :meth:`set_epoch`, so an item is the same in any worker, process or run.
+    Testing: item ``i`` is view ``i % num_views`` of video ``i // num_views``, where the views
+    are ``num_clips`` uniformly spaced clips times ``num_crops`` crops, all deterministic.
+
+    Items are ``(clip, label, video_index)`` with ``clip`` float ``(C, T, crop_size, crop_size)``,
+    or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``.
 
     A video that cannot be decoded is replaced by another one (a random one when training,
-    the next one when testing), at most ``max_retries`` times; it is logged once and listed
-    by :meth:`skipped_files`.
+    drawn from the item's own generator; the next one when testing), at most ``max_retries``
+    times; it is logged once and listed by :meth:`skipped_files`.
     """
 
     def __init__(
@@ -78,11 +82,15 @@ class ClipDataset(Dataset):
         std: Sequence[float] = (0.225, 0.225, 0.225),
         hflip: bool = True,
         max_retries: int = 10,
+        seed: int = 0,
+        repeat_aug: int = 1,
     ) -> None:
         if num_frames < 1 or sampling_rate < 1 or num_clips < 1:
             raise ValueError(
                 f"num_frames, sampling_rate and num_clips must be positive, got {num_frames}, {sampling_rate}, {num_clips}"
             )
+        if repeat_aug < 1 or (repeat_aug > 1 and not train):
+            raise ValueError(f"repeat_aug must be >= 1, and 1 unless training, got {repeat_aug} (train={train})")
         if not annotations.videos:
             raise ValueError("the dataset has no videos")
         self.videos = list(annotations.videos)
@@ -94,6 +102,9 @@ class ClipDataset(Dataset):
         self.num_clips = 1 if train else num_clips
         self.num_crops = 1 if train else num_crops
         self.max_retries = max_retries
+        self.seed = seed
+        self.repeat_aug = repeat_aug
+        self.epoch = 0
         if train:
             self.transform = TrainTransform(crop_size, train_scale, mean, std, hflip)
         else:
@@ -115,24 +126,38 @@ class ClipDataset(Dataset):
         """Paths of the videos replaced so far, in this process and its DataLoader workers."""
         return self._skipped.paths()
 
-    def _load(self, video_index: int, view: int) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""
+        self.epoch = epoch
+
+    def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
+        """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1."""
+        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
+        clips = [random_clip(video.info.num_frames, self.num_frames, self.sampling_rate, g) for g in generators]
+        wanted = sorted(set().union(*clips))
+        frames = video.frames(wanted)
+        position = {frame: i for i, frame in enumerate(wanted)}
+        views = [self.transform(frames[[position[f] for f in clip]], g) for clip, g in zip(clips, generators)]
+        return views[0] if self.repeat_aug == 1 else torch.stack(views)
+
+    def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:
         video = OpenVideo(self.videos[video_index])
         total = video.info.num_frames
         if self.train:
-            return self.transform(video.frames(random_clip(total, self.num_frames, self.sampling_rate)))
+            return self._train_clips(video, index)
         clip_index, crop_index = divmod(view, self.num_crops)
         indices = uniform_clips(total, self.num_frames, self.sampling_rate, self.num_clips)[clip_index]
         return self.transform(video.frames(indices), crop_index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         video_index, view = divmod(index, self.num_views)
-        for _ in range(self.max_retries + 1):
+        for attempt in range(self.max_retries + 1):
             try:
-                return self._load(video_index, view), self.labels[video_index], video_index
+                return self._load(video_index, view, index), self.labels[video_index], video_index
             except VideoReadError as error:
                 self._skipped.add(self.videos[video_index], str(error))
                 if self.train:
-                    video_index = random.randrange(self.num_videos)
+                    video_index = randint(self.num_videos, sample_generator(self.seed, self.epoch, index, -1 - attempt))
                 else:
                     video_index = (video_index + 1) % self.num_videos
         raise RuntimeError(

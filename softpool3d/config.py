@@ -23,7 +23,9 @@ class DataConfig:
 
     ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
     process. Validation uses one centre view per video (clip accuracy); the test uses
-    ``num_clips x num_crops`` views.
+    ``num_clips x num_crops`` views. ``repeat_aug=k`` decodes each training video once and
+    trains on ``k`` independently sampled and augmented clips of it: a step carries
+    ``batch_size x k`` clips of ``batch_size`` videos, and an epoch still sees each video once.
     """
 
     dataset: str = "ucf101"
@@ -46,6 +48,7 @@ class DataConfig:
     batch_size: int = 8
     test_batch_size: int = 8
     num_workers: int = 4
+    repeat_aug: int = 1
 
 
 @dataclass

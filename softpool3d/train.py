@@ -235,8 +235,10 @@ class _Trainer:
 
     def _train_epoch(self) -> None:
         cfg, state = self.cfg, self.state
-        accumulate, batch_size = cfg.train.accumulate, cfg.data.batch_size
+        accumulate, batch_size, repeats = cfg.train.accumulate, cfg.data.batch_size, cfg.data.repeat_aug
         self.sampler.set_epoch(state.epoch)
+        if hasattr(self.train_set, "set_epoch"):  # per-sample clip randomness keyed on (seed, epoch, index, repeat)
+            self.train_set.set_epoch(state.epoch)
         self.sampler.set_start(state.step_in_epoch * accumulate * batch_size)
         self.generator.manual_seed(cfg.train.seed * 100_003 + state.epoch)
         self.model.train()
@@ -251,6 +253,8 @@ class _Trainer:
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
                 wait += time.perf_counter() - fetched
+                if repeats > 1:  # (N, k, C, T, H, W) -> (N * k, C, T, H, W), each video's label k times
+                    clips, labels = clips.flatten(0, 1), labels.repeat_interleave(repeats)
                 clips = clips.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 sync = micro == accumulate - 1 or not self.dist.distributed
@@ -263,11 +267,12 @@ class _Trainer:
                 loss_sum += loss.detach().double().cpu()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
             elapsed = time.perf_counter() - started
-            clips_per_s = accumulate * batch_size * self.dist.world_size / elapsed
+            clips_per_step = accumulate * batch_size * repeats * self.dist.world_size
+            clips_per_s = clips_per_step / elapsed
             state.step += 1
             state.step_in_epoch += 1
             if self.warmed_up:  # the first step of a process (lazy init, JIT builds) is left out
-                state.clips += accumulate * batch_size * self.dist.world_size
+                state.clips += clips_per_step
                 state.seconds += elapsed
             self.warmed_up = True
             bar.update(1)
