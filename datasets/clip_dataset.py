@@ -51,10 +51,13 @@ class ClipDataset(Dataset):
     """Clips of the videos in ``annotations``.
 
     Training (``train=True``): item ``i`` is one random clip of video ``i``, randomly scaled,
-    cropped and flipped; with ``repeat_aug=k`` it is ``k`` such clips of video ``i``, decoded
-    together (one file open, one decode of the union of their frames). Every random draw of
-    item ``i``'s repeat ``r`` comes from :func:`sample_generator` ``(seed, epoch, i, r)``, with
-    ``epoch`` set by :meth:`set_epoch`, so an item is the same in any worker, process or run.
+    cropped and flipped; with ``repeat_aug=k`` it is ``k`` clips of video ``i`` made from one
+    decode: the same frames, each repeat independently scaled, cropped and flipped (repeated
+    augmentation; independent frame positions per repeat would decode about ``k`` times the
+    frames, which is the cost repeat_aug exists to save). Every random draw of item ``i``'s
+    repeat ``r`` comes from :func:`sample_generator` ``(seed, epoch, i, r)`` (the frame positions
+    from repeat 0's), with ``epoch`` set by :meth:`set_epoch`, so an item is the same in any
+    worker, process or run.
     Testing: item ``i`` is view ``i % num_views`` of video ``i // num_views``, where the views
     are ``num_clips`` uniformly spaced clips times ``num_crops`` crops, all deterministic.
 
@@ -131,13 +134,14 @@ class ClipDataset(Dataset):
         self.epoch = epoch
 
     def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
-        """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1."""
+        """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1.
+
+        The frames are drawn and decoded once, with repeat 0's generator; each repeat ``r`` then
+        draws its own scale, crop and flip from generator ``r``.
+        """
         generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
-        clips = [random_clip(video.info.num_frames, self.num_frames, self.sampling_rate, g) for g in generators]
-        wanted = sorted(set().union(*clips))
-        frames = video.frames(wanted)
-        position = {frame: i for i, frame in enumerate(wanted)}
-        views = [self.transform(frames[[position[f] for f in clip]], g) for clip, g in zip(clips, generators)]
+        frames = video.frames(random_clip(video.info.num_frames, self.num_frames, self.sampling_rate, generators[0]))
+        views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 
     def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:

@@ -86,9 +86,10 @@ def test_repeat_aug_decodes_once_and_returns_k_independent_clips(demo_root, monk
     clips, label, video = repeated[4]
     assert clips.shape == (3, 3, 4, 32, 32) and (label, video) == (repeated.labels[4], 4)
     assert len(opened) == 1 and len(decodes) == 1  # one open, one decode for the three clips
-    assert decodes[0] == sorted(set(decodes[0]))
     assert torch.equal(clips[0], single[4][0])  # repeat 0 is the clip repeat_aug=1 draws
     assert not torch.equal(clips[0], clips[1]) and not torch.equal(clips[1], clips[2])
+    positions = random_clip(16, 4, 2, sample_generator(5, 1, 4, 0))
+    assert decodes[0] == positions  # the frames are drawn by repeat 0's generator (demo videos: 16 frames)
     batch, labels, _ = next(iter(DataLoader(repeated, batch_size=2, num_workers=1)))
     assert batch.shape == (2, 3, 3, 4, 32, 32) and torch.equal(batch[1], repeated[1][0])
     with pytest.raises(ValueError, match="repeat_aug"):

@@ -1,11 +1,17 @@
-"""Clip-loading throughput: softpool3d's ClipDataset against pytorchvideo's LabeledVideoDataset.
+"""Clip-loading throughput: softpool3d's ClipDataset (repeat_aug 1 and 2) against pytorchvideo's
+LabeledVideoDataset (decord and PyAV decoders), side by side on the same videos.
 
-Both decode the same generated videos, take one random clip of ``--frames`` frames every
-``--rate`` frames per video, and apply the same torchvision.transforms.v2 train transform,
-under DataLoader with 0, 1 and 2 workers. torchvision.io is listed too: torchvision 0.29
-removed its video decoding, so that column says so when it is absent.
+Every loader takes one random clip of ``--frames`` frames every ``--rate`` frames per video and
+applies the same train transform (short-side scale in ``--scale``, ``--crop`` crop, flip,
+normalize), under a DataLoader with each of ``--workers``; clips/s counts every clip delivered
+(``repeat_aug=2`` delivers two per video). With several ``--videos-dir``, one run measures them
+all and prints ours relative to the first folder. ``--decoders`` adds the cost of decoding one
+random clip with decord and with PyAV (slice vs frame threading), which shows what would speed
+decoding up next.
 
-    python tools/bench_loader.py [--videos 24] [--clips 48]
+    python tools/bench_loader.py                                  # generated 320x240 videos
+    python tools/bench_loader.py --make-videos data/hd --height 720 --width 1280 --video-frames 300 --gop 250
+    python tools/bench_loader.py --videos-dir data/hd --videos-dir data/hd256 --decoders
 """
 from __future__ import annotations
 
@@ -16,39 +22,64 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from softpool3d.datasets import build_dataset, write_video
+from softpool3d.datasets import Annotations, ClipDataset, OpenVideo
+from softpool3d.datasets.prepare import find_videos
+from softpool3d.datasets.sampling import random_clip
 from softpool3d.datasets.transforms import TrainTransform
 
+LOADERS = ("ours", "pytorchvideo-decord", "pytorchvideo-pyav")
 
-def write_videos(root: Path, count: int, frames: int, height: int, width: int) -> list[Path]:
-    """Smooth gradients, a moving box and mild noise, a keyframe every second (25 frames)."""
+
+def write_videos(root: Path, count: int, frames: int, height: int, width: int, gop: int = 25, fps: int = 25) -> list[Path]:
+    """H.264 videos (x264 veryfast, crf 23, 3 B-frames, a keyframe every ``gop`` frames) whose content
+    keeps the encoder busy: a blocky noise texture drifting diagonally, blended with moving colour
+    gradients and a moving box; written frame by frame (any length fits in memory)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width]
     paths = []
     for i in range(count):
-        base = np.stack([xx * 200 // width, yy * 200 // height, (xx + yy + 37 * i) % 200], -1).astype(np.uint8)
-        video = np.repeat(base[None], frames, 0) + rng.integers(0, 12, (frames, height, width, 1), dtype=np.uint8)
-        for t in range(frames):
-            video[t, 40:120, 3 * t : 3 * t + 60] = (230, 90, 30)
+        texture = np.kron(rng.integers(0, 256, (height // 8 + 8, width // 8 + 8), dtype=np.uint8),
+                          np.ones((8, 8), np.uint8)).astype(np.uint16)
         path = root / f"class{i % 2}" / f"video{i:03d}.mp4"
-        write_video(path, video, keyframe_interval=25)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt, stream.gop_size = width, height, "yuv420p", gop
+            stream.options = {"crf": "23", "preset": "veryfast", "bframes": "3"}
+            for t in range(frames):
+                shift = (t + 7 * i) % 64
+                noise = texture[shift : shift + height, (2 * t) % 64 : (2 * t) % 64 + width]
+                image = np.stack([((xx + 4 * t + 50 * i) % 512) // 2, (yy + 2 * t) % 256, (xx * yy // 997 + t) % 256], -1)
+                image = ((image + noise[..., None]) // 2).astype(np.uint8)
+                box = slice(height // 4, height // 4 + height // 6), slice((6 * t) % width, (6 * t) % width + width // 8)
+                image[box] = (230, 90, 30)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
         paths.append(path)
     return paths
+
+
+def labelled(paths: list[Path]) -> Annotations:
+    """Videos labelled by their parent folder's name."""
+    classes = sorted({p.parent.name for p in paths})
+    return Annotations(list(paths), [classes.index(p.parent.name) for p in paths], classes)
 
 
 class PytorchvideoClips(torch.utils.data.IterableDataset):
     """pytorchvideo's LabeledVideoDataset with the clip subsampled and transformed like ours
     (pytorchvideo.transforms cannot be imported on current torchvision)."""
 
-    def __init__(self, paths: list[Path], decoder: str, frames: int, rate: int, fps: float, transform: TrainTransform):
+    def __init__(self, annotations: Annotations, decoder: str, frames: int, rate: int, transform: TrainTransform):
         from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
 
+        fps = OpenVideo(annotations.videos[0]).info.fps
         self.dataset = LabeledVideoDataset(
-            [(str(p), {"label": int(p.parent.name[-1])}) for p in paths],
+            [(str(p), {"label": label}) for p, label in zip(annotations.videos, annotations.labels)],
             make_clip_sampler("random", (frames - 1) * rate / fps + 1e-3),
             torch.utils.data.RandomSampler,
             decode_audio=False,
@@ -65,7 +96,8 @@ class PytorchvideoClips(torch.utils.data.IterableDataset):
 
 
 def clips_per_second(dataset, workers: int, clips: int, batch: int = 8) -> float:
-    """Clips per second over ``clips`` clips after one warm-up batch, epochs repeated as needed."""
+    """Clips per second over at least ``clips`` clips after one warm-up batch, epochs repeated as needed.
+    A batch of ``repeat_aug`` items ``(N, k, C, T, H, W)`` counts ``N * k`` clips."""
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
     seen, start = 0, None
     while seen < clips:
@@ -73,48 +105,129 @@ def clips_per_second(dataset, workers: int, clips: int, batch: int = 8) -> float
             if start is None:
                 start = time.perf_counter()
                 continue
-            seen += batch_clips.shape[0]
+            seen += batch_clips.shape[0] * (batch_clips.shape[1] if batch_clips.dim() == 6 else 1)
             if seen >= clips:
                 break
     return seen / (time.perf_counter() - start)
 
 
+def pyav_clip(path: Path, indices: list[int], thread_type: str, threads: int) -> np.ndarray:
+    """Frames ``indices`` (sorted) decoded by PyAV after a seek to the keyframe before the first."""
+    wanted, out = set(indices), {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = thread_type, threads
+        per_frame = 1 / (stream.average_rate * stream.time_base)
+        first_pts = stream.start_time or 0
+        container.seek(first_pts + int(indices[0] * per_frame), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            index = round((frame.pts - first_pts) / per_frame)
+            if index in wanted:
+                out[index] = frame.to_ndarray(format="rgb24")
+            if index >= indices[-1]:
+                break
+    return np.stack([out[i] for i in indices])
+
+
+def decode_ms(paths: list[Path], frames: int, rate: int, clips: int) -> dict[str, float]:
+    """Mean milliseconds to open a video and decode one random clip, per decoder, on the same clips; and
+    with decord, the union of two clips at independent starts (what repeat_aug would decode if its
+    repeats did not share their frames)."""
+    generator = torch.Generator().manual_seed(0)
+    totals = {p: OpenVideo(p).info.num_frames for p in paths}
+    picks = [(p, random_clip(totals[p], frames, rate, generator), random_clip(totals[p], frames, rate, generator))
+             for p in paths * math.ceil(clips / len(paths))][:clips]
+    decoders = {
+        "decord, 1 thread": lambda p, i, _: OpenVideo(p).frames(i),
+        "decord, 2 clips, own starts": lambda p, i, j: OpenVideo(p).frames(sorted(set(i) | set(j))),
+        "PyAV, 1 thread": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 1),
+        "PyAV, slice threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 2),
+        "PyAV, frame threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "FRAME", 2),
+    }
+    result = {}
+    for name, decode in decoders.items():
+        start = time.perf_counter()
+        for path, first, second in picks:
+            decode(path, first, second)
+        result[name] = 1000 * (time.perf_counter() - start) / len(picks)
+    return result
+
+
+def describe(paths: list[Path]) -> str:
+    info = OpenVideo(paths[0])
+    height, width = info.frames([0]).shape[1:3]
+    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    return f"{len(paths)} videos, first {width}x{height}, {info.info.num_frames} frames; {megabytes:.1f} MB"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--videos-dir", action="append", type=Path, default=[],
+                        help="a folder of videos (labels: parent folder names); repeat to compare folders")
+    parser.add_argument("--make-videos", type=Path, help="only write generated videos to this folder and exit")
+    parser.add_argument("--videos", type=int, default=24, help="generated videos")
     parser.add_argument("--video-frames", type=int, default=96)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--gop", type=int, default=25, help="keyframe interval of generated videos")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--rate", type=int, default=4)
     parser.add_argument("--crop", type=int, default=160)
+    parser.add_argument("--scale", type=int, nargs=2, default=None, help="short-side range (default: crop, crop+32)")
     parser.add_argument("--clips", type=int, default=48, help="clips timed per setting (after one warm-up batch)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
+    parser.add_argument("--repeat-aug", type=int, nargs="+", default=[1, 2], help="our loader's repeat_aug values")
+    parser.add_argument("--decoders", action="store_true", help="also time one clip's decode per decoder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    options = dict(num_frames=args.frames, sampling_rate=args.rate, crop_size=args.crop, train_scale=(args.crop, args.crop + 32))
-    transform = TrainTransform(args.crop, (args.crop, args.crop + 32), (0.45,) * 3, (0.225,) * 3)
+    if args.make_videos:
+        write_videos(args.make_videos, args.videos, args.video_frames, args.height, args.width, args.gop)
+        return 0
+    scale = tuple(args.scale or (args.crop, args.crop + 32))
+    transform = TrainTransform(args.crop, scale, (0.45,) * 3, (0.225,) * 3)
+    options = dict(num_frames=args.frames, sampling_rate=args.rate, crop_size=args.crop, train_scale=scale)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        paths = write_videos(root, args.videos, args.video_frames, args.height, args.width)
-        ours = build_dataset("custom", root, "train", train=True, **options)
-        candidates = {
-            "softpool3d (decord)": lambda: ours,
-            "pytorchvideo decord": lambda: PytorchvideoClips(paths, "decord", args.frames, args.rate, 25.0, transform),
-            "pytorchvideo pyav": lambda: PytorchvideoClips(paths, "pyav", args.frames, args.rate, 25.0, transform),
-        }
-        print(f"{args.videos} videos of {args.video_frames}x{args.height}x{args.width} h264; clip {args.frames}x{args.rate}, "
-              f"crop {args.crop}; torch threads 1; clips/s")
-        print(f"{'loader':<24}" + "".join(f"{f'{w} workers':>12}" for w in (0, 1, 2)))
-        results = {}
-        for name, make in candidates.items():
-            results[name] = [clips_per_second(make(), workers, args.clips) for workers in (0, 1, 2)]
-            print(f"{name:<24}" + "".join(f"{r:>12.1f}" for r in results[name]))
-        tv_io = "torchvision.io.read_video" if hasattr(__import__("torchvision").io, "read_video") else None
-        print(f"{'torchvision.io':<24}" + ("(present: not measured)" if tv_io else f"{'n/a: torchvision ' + __import__('torchvision').__version__ + ' has no video decoding':>36}"))
-        ours_rates = results["softpool3d (decord)"]
-        for name in ("pytorchvideo decord", "pytorchvideo pyav"):
-            ratios = [a / b if b > 0 else math.inf for a, b in zip(ours_rates, results[name])]
-            print(f"ours / {name:<17}" + "".join(f"{r:>11.2f}x" for r in ratios))
+        if args.videos_dir:
+            folders = {str(d): [d / p for p in find_videos(d)] for d in args.videos_dir}
+        else:
+            folders = {"generated": write_videos(Path(tmp), args.videos, args.video_frames, args.height, args.width,
+                                                 args.gop)}
+        print(f"clip {args.frames}x{args.rate}, scale {scale}, crop {args.crop}; batch 8; torch threads 1; clips/s")
+        header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
+        ours_first = {}
+        for folder, paths in folders.items():
+            annotations = labelled(paths)
+            print(f"\n{folder}: {describe(paths)}\n{header}")
+            results = {}
+            if "ours" in args.loaders:
+                for k in args.repeat_aug:
+                    dataset = ClipDataset(annotations, train=True, repeat_aug=k, **options)
+                    results[f"softpool3d repeat_aug={k}"] = [clips_per_second(dataset, w, args.clips) for w in args.workers]
+            for name in args.loaders[1:] if "ours" in args.loaders else args.loaders:
+                decoder = name.split("-")[1]
+                make = lambda: PytorchvideoClips(annotations, decoder, args.frames, args.rate, transform)  # noqa: E731
+                results[name] = [clips_per_second(make(), w, args.clips) for w in args.workers]
+            for name, rates in results.items():
+                print(f"{name:<34}" + "".join(f"{r:>12.1f}" for r in rates))
+            ours = {name: rates for name, rates in results.items() if name.startswith("softpool3d")}
+            names = list(ours)
+            for name in names[1:]:
+                ratios = [a / b for a, b in zip(ours[name], ours[names[0]])]
+                print(f"{name.split()[-1] + ' / ' + names[0].split()[-1]:<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
+            for other in ("pytorchvideo-decord", "pytorchvideo-pyav"):
+                if names and other in results:
+                    ratios = [a / b for a, b in zip(ours[names[0]], results[other])]
+                    print(f"{'ours / ' + other:<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
+            if ours_first:
+                for name, rates in ours.items():
+                    ratios = [a / b for a, b in zip(rates, ours_first[name])]
+                    print(f"{name.split()[-1] + ' vs first folder':<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
+            else:
+                ours_first = ours
+            if args.decoders:
+                for name, ms in decode_ms(paths, args.frames, args.rate, args.clips).items():
+                    print(f"decode one clip: {name:<24}{ms:>10.1f} ms")
     return 0
 
 
