@@ -95,6 +95,12 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def flatten_repeats(clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``repeat_aug`` batch ``(N, k, C, T, H, W)`` with labels ``(N,)`` -> ``(N * k, C, T, H, W)`` and
+    ``(N * k,)``: video ``n``'s clips stay together, each with its video's label."""
+    return clips.flatten(0, 1), labels.repeat_interleave(clips.shape[1])
+
+
 def train(cfg: DictConfig) -> TrainResult:
     """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one)."""
     dist_info = init_distributed(cfg.train.device)
@@ -253,8 +259,8 @@ class _Trainer:
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
                 wait += time.perf_counter() - fetched
-                if repeats > 1:  # (N, k, C, T, H, W) -> (N * k, C, T, H, W), each video's label k times
-                    clips, labels = clips.flatten(0, 1), labels.repeat_interleave(repeats)
+                if repeats > 1:
+                    clips, labels = flatten_repeats(clips, labels)
                 clips = clips.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 sync = micro == accumulate - 1 or not self.dist.distributed

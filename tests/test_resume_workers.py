@@ -1,11 +1,15 @@
 """Exact resume with decoding workers, on the demo videos in subprocesses: a run SIGKILLed mid-epoch
 at data.num_workers=2 and resumed (with 2 workers, or with another count) ends with every tensor of
-model, optimizer and scheduler equal, bit for bit, to an uninterrupted run's."""
+model, optimizer and scheduler equal, bit for bit, to an uninterrupted run's. And repeat_aug batches
+in the engine: flattened per video, with steps per epoch counted in videos."""
 import shutil
 
 import pytest
 import torch
 from test_engine_distributed import TOOLS, _run, _small
+
+from softpool3d.config import load_config
+from softpool3d.train import flatten_repeats, train
 
 # 32 training videos, batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
 # step 7 (epoch 2, after its mid-epoch checkpoint at step 6).
@@ -57,3 +61,18 @@ def test_resume_with_workers_is_bit_identical(runs, demo_root, tmp_path, workers
         _assert_identical(straight[part], resumed[part], part)
     assert len(straight["optimizer"]["state"]) == len(straight["model"]) - sum(
         k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in straight["model"])
+
+
+def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
+    clips = torch.arange(2 * 3).reshape(2, 3, 1, 1, 1, 1).expand(2, 3, 3, 2, 4, 4)
+    flat, labels = flatten_repeats(clips, torch.tensor([7, 9]))
+    assert flat.shape == (6, 3, 2, 4, 4)
+    assert [int(c[0, 0, 0, 0]) for c in flat] == [0, 1, 2, 3, 4, 5]  # video 0's three clips, then video 1's
+    assert labels.tolist() == [7, 7, 7, 9, 9, 9]
+
+
+@pytest.mark.slow
+def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path):
+    cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2"])
+    result = train(cfg)
+    assert result.step == 32 // 4  # 32 training videos, batch 4: steps per epoch unchanged by repeat_aug
