@@ -129,28 +129,43 @@ def pyav_clip(path: Path, indices: list[int], thread_type: str, threads: int) ->
     return np.stack([out[i] for i in indices])
 
 
-def decode_ms(paths: list[Path], frames: int, rate: int, clips: int) -> dict[str, float]:
-    """Mean milliseconds to open a video and decode one random clip, per decoder, on the same clips; and
-    with decord, the union of two clips at independent starts (what repeat_aug would decode if its
-    repeats did not share their frames)."""
+DECODERS = {
+    "decode: decord, 1 thread": lambda p, i, _: OpenVideo(p).frames(i),
+    "decode: decord, 2 clips, own starts": lambda p, i, j: OpenVideo(p).frames(sorted(set(i) | set(j))),
+    "decode: PyAV, 1 thread": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 1),
+    "decode: PyAV, slice threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 2),
+    "decode: PyAV, frame threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "FRAME", 2),
+}
+
+
+def interleaved(folders: dict[str, list[Path]], options: dict, repeats: list[int], items: int,
+                decoders: list[str]) -> dict[tuple[str, str], float]:
+    """Per (folder, setting): clips/s of our dataset in this process (``repeat_aug`` k), or ms to open a
+    video and decode one random clip (a ``DECODERS`` entry). Settings take turns item by item, on the
+    same video (same relative path) in every folder, so a load that drifts over the run (a shared
+    machine) hits them all alike."""
+    datasets = {(f, k): ClipDataset(labelled(paths), train=True, repeat_aug=k, **options)
+                for f, paths in folders.items() for k in repeats}
     generator = torch.Generator().manual_seed(0)
-    totals = {p: OpenVideo(p).info.num_frames for p in paths}
-    picks = [(p, random_clip(totals[p], frames, rate, generator), random_clip(totals[p], frames, rate, generator))
-             for p in paths * math.ceil(clips / len(paths))][:clips]
-    decoders = {
-        "decord, 1 thread": lambda p, i, _: OpenVideo(p).frames(i),
-        "decord, 2 clips, own starts": lambda p, i, j: OpenVideo(p).frames(sorted(set(i) | set(j))),
-        "PyAV, 1 thread": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 1),
-        "PyAV, slice threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "SLICE", 2),
-        "PyAV, frame threads (2)": lambda p, i, _: pyav_clip(p, sorted(i), "FRAME", 2),
-    }
-    result = {}
-    for name, decode in decoders.items():
-        start = time.perf_counter()
-        for path, first, second in picks:
-            decode(path, first, second)
-        result[name] = 1000 * (time.perf_counter() - start) / len(picks)
-    return result
+    first = next(iter(folders.values()))
+    totals = [OpenVideo(p).info.num_frames for p in first]
+    span = (options["num_frames"], options["sampling_rate"])
+    seconds: dict[tuple[str, str], float] = {}
+    for item in range(items):
+        video = item % len(first)
+        clips = [random_clip(totals[video], *span, generator) for _ in range(2)]
+        for folder, paths in folders.items():
+            for k in repeats:
+                start = time.perf_counter()
+                datasets[folder, k][video]
+                seconds[folder, f"softpool3d repeat_aug={k}"] = seconds.get((folder, f"softpool3d repeat_aug={k}"), 0.0) + (
+                    time.perf_counter() - start) / k
+            for name in decoders:
+                start = time.perf_counter()
+                DECODERS[name](paths[video], *clips)
+                seconds[folder, name] = seconds.get((folder, name), 0.0) + time.perf_counter() - start
+    return {key: (items / total if key[1].startswith("softpool3d") else 1000 * total / items)
+            for key, total in seconds.items()}
 
 
 def describe(paths: list[Path]) -> str:
@@ -179,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
     parser.add_argument("--repeat-aug", type=int, nargs="+", default=[1, 2], help="our loader's repeat_aug values")
     parser.add_argument("--decoders", action="store_true", help="also time one clip's decode per decoder")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ITEMS",
+                        help="also measure ours (0 workers) and the decoders over ITEMS items, settings taking turns")
+    parser.add_argument("--only-interleaved", action="store_true", help="skip the DataLoader table")
+    # The interleaved table runs first: pytorchvideo's decord path switches decord's bridge to torch in its process.
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_videos:
@@ -194,17 +213,35 @@ def main(argv: list[str] | None = None) -> int:
             folders = {"generated": write_videos(Path(tmp), args.videos, args.video_frames, args.height, args.width,
                                                  args.gop)}
         print(f"clip {args.frames}x{args.rate}, scale {scale}, crop {args.crop}; batch 8; torch threads 1; clips/s")
-        header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
-        ours_first = {}
         for folder, paths in folders.items():
+            print(f"{folder}: {describe(paths)}")
+        header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
+        if args.interleaved:
+            decoders = list(DECODERS) if args.decoders else ["decode: decord, 1 thread"]
+            table = interleaved(folders, options, args.repeat_aug, args.interleaved, decoders)
+            print(f"\ninterleaved, {args.interleaved} items per setting, in this process (0 workers)")
+            settings = list(dict.fromkeys(setting for _, setting in table))
+            print(f"{'setting':<42}" + "".join(f"{Path(f).name[-14:]:>16}" for f in folders))
+            for setting in settings:
+                unit = "clips/s" if setting.startswith("softpool3d") else "ms"
+                print(f"{setting + ' (' + unit + ')':<42}" + "".join(f"{table[f, setting]:>16.1f}" for f in folders))
+            names = [s for s in settings if s.startswith("softpool3d")]
+            for name in names:
+                base = table[next(iter(folders)), name]
+                print(f"{name.split()[-1] + ' vs first folder':<42}" + "".join(f"{table[f, name] / base:>15.2f}x" for f in folders))
+            for name in names[1:]:
+                print(f"{name.split()[-1] + ' / ' + names[0].split()[-1]:<42}"
+                      + "".join(f"{table[f, name] / table[f, names[0]]:>15.2f}x" for f in folders))
+        ours_first = {}
+        for folder, paths in folders.items() if not args.only_interleaved else ():
             annotations = labelled(paths)
-            print(f"\n{folder}: {describe(paths)}\n{header}")
+            print(f"\n{folder}\n{header}")
             results = {}
             if "ours" in args.loaders:
                 for k in args.repeat_aug:
                     dataset = ClipDataset(annotations, train=True, repeat_aug=k, **options)
                     results[f"softpool3d repeat_aug={k}"] = [clips_per_second(dataset, w, args.clips) for w in args.workers]
-            for name in args.loaders[1:] if "ours" in args.loaders else args.loaders:
+            for name in [n for n in args.loaders if n != "ours"]:
                 decoder = name.split("-")[1]
                 make = lambda: PytorchvideoClips(annotations, decoder, args.frames, args.rate, transform)  # noqa: E731
                 results[name] = [clips_per_second(make(), w, args.clips) for w in args.workers]
@@ -225,9 +262,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name.split()[-1] + ' vs first folder':<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
             else:
                 ours_first = ours
-            if args.decoders:
-                for name, ms in decode_ms(paths, args.frames, args.rate, args.clips).items():
-                    print(f"decode one clip: {name:<24}{ms:>10.1f} ms")
     return 0
 
 
