@@ -30,7 +30,7 @@ PathLike = Union[str, Path]
 DEFAULT_SHORT_SIDE = 320
 # Chosen by measurement (BENCHMARKS.md, "Preparing videos"): at a short side of 256, decoding a
 # random 8x4 clip costs about as much with 16 as with 8, while files grow 1.3x from 250 to 16.
-DEFAULT_KEYFRAME_INTERVAL = 16
+DEFAULT_KEYFRAME_INTERVAL = 32
 DEFAULT_CRF = 23
 FAILED_LIST = "failed.txt"
 _TEMP_SUFFIX = ".prepare-tmp"

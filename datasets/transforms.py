@@ -44,11 +44,21 @@ class TrainTransform:
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``)."""
-        video = TF.resize(_to_video(frames), self.low + randint(self.high - self.low + 1, generator), antialias=True)
+        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``).
+
+        The crop is chosen on the scaled frame, then cut from the source and resized alone (one
+        ``resized_crop``): the same picture up to a source pixel of rounding, without scaling the
+        pixels the crop throws away.
+        """
+        video = _to_video(frames)
         height, width = video.shape[-2:]
-        top, left = randint(height - self.crop_size + 1, generator), randint(width - self.crop_size + 1, generator)
-        video = TF.crop(video, top, left, self.crop_size, self.crop_size)
+        factor = (self.low + randint(self.high - self.low + 1, generator)) / min(height, width)
+        scaled_height, scaled_width = max(round(height * factor), self.crop_size), max(round(width * factor), self.crop_size)
+        top = randint(scaled_height - self.crop_size + 1, generator)
+        left = randint(scaled_width - self.crop_size + 1, generator)
+        side_h, side_w = min(round(self.crop_size / factor), height), min(round(self.crop_size / factor), width)
+        video = TF.resized_crop(video, min(round(top / factor), height - side_h), min(round(left / factor), width - side_w),
+                                side_h, side_w, [self.crop_size, self.crop_size], antialias=True)
         if self.hflip and randint(2, generator):
             video = TF.horizontal_flip(video)
         return _to_clip(self.normalize(video))
