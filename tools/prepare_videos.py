@@ -1,7 +1,7 @@
 """Re-encode a video dataset for fast clip loading: the same relative paths, frame counts and fps,
 H.264 with the short side resized and a keyframe every N frames (see softpool3d.datasets.prepare).
 
-    python tools/prepare_videos.py SRC DST [--short-side 320] [--keyframe-interval 16] [--workers N]
+    python tools/prepare_videos.py SRC DST [--short-side 320] [--keyframe-interval 32] [--workers N]
 
 A second run skips the videos already converted; files that cannot be converted are named and
 listed in DST/failed.txt. Exit status 1 when some failed.
