@@ -5,13 +5,16 @@ Every loader takes one random clip of ``--frames`` frames every ``--rate`` frame
 applies the same train transform (short-side scale in ``--scale``, ``--crop`` crop, flip,
 normalize), under a DataLoader with each of ``--workers``; clips/s counts every clip delivered
 (``repeat_aug=2`` delivers two per video). With several ``--videos-dir``, one run measures them
-all and prints ours relative to the first folder. ``--decoders`` adds the cost of decoding one
-random clip with decord and with PyAV (slice vs frame threading), which shows what would speed
-decoding up next.
+all and prints ours relative to the first folder. ``--interleaved N`` adds a table measured in
+this process where the settings take turns item by item (robust to a load that drifts on a shared
+machine); ``--decoders`` adds to it the cost of decoding one random clip with decord and with PyAV
+(slice vs frame threading), which shows what would speed decoding up next.
 
     python tools/bench_loader.py                                  # generated 320x240 videos
-    python tools/bench_loader.py --make-videos data/hd --height 720 --width 1280 --video-frames 300 --gop 250
-    python tools/bench_loader.py --videos-dir data/hd --videos-dir data/hd256 --decoders
+    python tools/bench_loader.py --make-videos data/hd --videos 6 --height 720 --width 1280 --video-frames 300 --gop 250
+    python tools/prepare_videos.py data/hd data/hd256 --short-side 256
+    python tools/bench_loader.py --videos-dir data/hd --videos-dir data/hd256 --interleaved 16 --decoders \
+        --frames 8 --rate 8 --crop 224 --scale 256 320
 """
 from __future__ import annotations
 
@@ -168,6 +171,53 @@ def interleaved(folders: dict[str, list[Path]], options: dict, repeats: list[int
             for key, total in seconds.items()}
 
 
+def print_interleaved(table: dict[tuple[str, str], float], folders: list[str]) -> None:
+    """The interleaved table: a column per folder, ours relative to the first folder and to repeat_aug=1."""
+    settings = list(dict.fromkeys(setting for _, setting in table))
+    print(f"{'setting':<42}" + "".join(f"{Path(f).name[-14:]:>16}" for f in folders))
+    for setting in settings:
+        unit = "clips/s" if setting.startswith("softpool3d") else "ms"
+        print(f"{setting + ' (' + unit + ')':<42}" + "".join(f"{table[f, setting]:>16.1f}" for f in folders))
+    names = [s for s in settings if s.startswith("softpool3d")]
+    for name in names:
+        base = table[folders[0], name]
+        print(f"{name.split()[-1] + ' vs first folder':<42}" + "".join(f"{table[f, name] / base:>15.2f}x" for f in folders))
+    for name in names[1:]:
+        print(f"{name.split()[-1] + ' / ' + names[0].split()[-1]:<42}"
+              + "".join(f"{table[f, name] / table[f, names[0]]:>15.2f}x" for f in folders))
+
+
+def loader_tables(folders: dict[str, list[Path]], args: argparse.Namespace, options: dict, transform: TrainTransform) -> None:
+    """Per folder: clips/s of each loader under a DataLoader with each worker count, and the ratios."""
+    header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
+    ours_first: dict[str, list[float]] = {}
+    for folder, paths in folders.items():
+        annotations = labelled(paths)
+        print(f"\n{folder}\n{header}")
+        results = {}
+        if "ours" in args.loaders:
+            for k in args.repeat_aug:
+                dataset = ClipDataset(annotations, train=True, repeat_aug=k, **options)
+                results[f"softpool3d repeat_aug={k}"] = [clips_per_second(dataset, w, args.clips) for w in args.workers]
+        for name in [n for n in args.loaders if n != "ours"]:
+            decoder = name.split("-")[1]
+            make = lambda: PytorchvideoClips(annotations, decoder, args.frames, args.rate, transform)  # noqa: E731
+            results[name] = [clips_per_second(make(), w, args.clips) for w in args.workers]
+        for name, rates in results.items():
+            print(f"{name:<34}" + "".join(f"{r:>12.1f}" for r in rates))
+        ours = {name: rates for name, rates in results.items() if name.startswith("softpool3d")}
+        names = list(ours)
+        rows = [(f"{name.split()[-1]} / {names[0].split()[-1]}", ours[name], ours[names[0]]) for name in names[1:]]
+        rows += [(f"ours / {other}", ours[names[0]], results[other])
+                 for other in ("pytorchvideo-decord", "pytorchvideo-pyav") if names and other in results]
+        if ours_first:
+            rows += [(f"{name.split()[-1]} vs first folder", rates, ours_first[name]) for name, rates in ours.items()]
+        else:
+            ours_first = ours
+        for label, top, bottom in rows:
+            print(f"{label:<34}" + "".join(f"{a / b:>11.2f}x" for a, b in zip(top, bottom)))
+
+
 def describe(paths: list[Path]) -> str:
     info = OpenVideo(paths[0])
     height, width = info.frames([0]).shape[1:3]
@@ -215,53 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clip {args.frames}x{args.rate}, scale {scale}, crop {args.crop}; batch 8; torch threads 1; clips/s")
         for folder, paths in folders.items():
             print(f"{folder}: {describe(paths)}")
-        header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
         if args.interleaved:
             decoders = list(DECODERS) if args.decoders else ["decode: decord, 1 thread"]
-            table = interleaved(folders, options, args.repeat_aug, args.interleaved, decoders)
             print(f"\ninterleaved, {args.interleaved} items per setting, in this process (0 workers)")
-            settings = list(dict.fromkeys(setting for _, setting in table))
-            print(f"{'setting':<42}" + "".join(f"{Path(f).name[-14:]:>16}" for f in folders))
-            for setting in settings:
-                unit = "clips/s" if setting.startswith("softpool3d") else "ms"
-                print(f"{setting + ' (' + unit + ')':<42}" + "".join(f"{table[f, setting]:>16.1f}" for f in folders))
-            names = [s for s in settings if s.startswith("softpool3d")]
-            for name in names:
-                base = table[next(iter(folders)), name]
-                print(f"{name.split()[-1] + ' vs first folder':<42}" + "".join(f"{table[f, name] / base:>15.2f}x" for f in folders))
-            for name in names[1:]:
-                print(f"{name.split()[-1] + ' / ' + names[0].split()[-1]:<42}"
-                      + "".join(f"{table[f, name] / table[f, names[0]]:>15.2f}x" for f in folders))
-        ours_first = {}
-        for folder, paths in folders.items() if not args.only_interleaved else ():
-            annotations = labelled(paths)
-            print(f"\n{folder}\n{header}")
-            results = {}
-            if "ours" in args.loaders:
-                for k in args.repeat_aug:
-                    dataset = ClipDataset(annotations, train=True, repeat_aug=k, **options)
-                    results[f"softpool3d repeat_aug={k}"] = [clips_per_second(dataset, w, args.clips) for w in args.workers]
-            for name in [n for n in args.loaders if n != "ours"]:
-                decoder = name.split("-")[1]
-                make = lambda: PytorchvideoClips(annotations, decoder, args.frames, args.rate, transform)  # noqa: E731
-                results[name] = [clips_per_second(make(), w, args.clips) for w in args.workers]
-            for name, rates in results.items():
-                print(f"{name:<34}" + "".join(f"{r:>12.1f}" for r in rates))
-            ours = {name: rates for name, rates in results.items() if name.startswith("softpool3d")}
-            names = list(ours)
-            for name in names[1:]:
-                ratios = [a / b for a, b in zip(ours[name], ours[names[0]])]
-                print(f"{name.split()[-1] + ' / ' + names[0].split()[-1]:<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
-            for other in ("pytorchvideo-decord", "pytorchvideo-pyav"):
-                if names and other in results:
-                    ratios = [a / b for a, b in zip(ours[names[0]], results[other])]
-                    print(f"{'ours / ' + other:<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
-            if ours_first:
-                for name, rates in ours.items():
-                    ratios = [a / b for a, b in zip(rates, ours_first[name])]
-                    print(f"{name.split()[-1] + ' vs first folder':<34}" + "".join(f"{r:>11.2f}x" for r in ratios))
-            else:
-                ours_first = ours
+            print_interleaved(interleaved(folders, options, args.repeat_aug, args.interleaved, decoders), list(folders))
+        if not args.only_interleaved:
+            loader_tables(folders, args, options, transform)
     return 0
 
 
