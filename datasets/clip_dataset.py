@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import shutil
 import tempfile
 import weakref
@@ -14,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from softpool3d.datasets.annotations import Annotations
-from softpool3d.datasets.sampling import random_clip, uniform_clips
+from softpool3d.datasets.sampling import randint, random_clip, sample_generator, uniform_clips
 from softpool3d.datasets.transforms import TestTransform, TrainTransform
 from softpool3d.datasets.video_io import OpenVideo, VideoReadError
 
@@ -55,15 +54,24 @@ class ClipDataset(Dataset):
     """Clips of the videos in ``annotations``.
 
     Training (``train=True``): item ``i`` is one random clip of video ``i``, randomly scaled,
-    cropped and flipped. Testing: item ``i`` is view ``i % num_views`` of video
-    ``i // num_views``, where the views are ``num_clips`` uniformly spaced clips times
-    ``num_crops`` crops, all deterministic. Items are ``(clip, label, video_index)`` with
-    ``clip`` float ``(C, T, crop_size, crop_size)``.
+    cropped and flipped; with ``repeat_aug=k`` it is ``k`` clips of video ``i`` made from one
+    decode: the same frames, each repeat independently scaled, cropped and flipped (repeated
+    augmentation; independent frame positions per repeat would decode about ``k`` times the
+    frames, which is the cost repeat_aug exists to save). Every random draw of item ``i``'s
+    repeat ``r`` comes from :func:`sample_generator` ``(seed, epoch, i, r)`` (the frame positions
+    from repeat 0's), with ``epoch`` set by :meth:`set_epoch`, so an item is the same in any
+    worker, process or run.
+    Testing: item ``i`` is view ``i % num_views`` of video ``i // num_views``, where the views
+    are ``num_clips`` uniformly spaced clips times ``num_crops`` crops, all deterministic.
 
-    When training, a video that cannot be decoded is replaced by a random other one, at most
-    ``max_retries`` times in a row; it is logged once and listed by :meth:`skipped_files`.
-    When testing, a view that cannot be decoded is the item ``(zeros, UNREADABLE, video_index)``
-    (so batches still collate) and :func:`softpool3d.evaluate.evaluate` leaves the video out.
+    Items are ``(clip, label, video_index)`` with ``clip`` float ``(C, T, crop_size, crop_size)``,
+    or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``.
+
+    When training, a video that cannot be decoded is replaced by a random other one (drawn from
+    the item's own generator), at most ``max_retries`` times in a row; it is logged once and
+    listed by :meth:`skipped_files`. When testing, a view that cannot be decoded is the item
+    ``(zeros, UNREADABLE, video_index)`` (so batches still collate) and
+    :func:`softpool3d.evaluate.evaluate` leaves the video out.
     """
 
     def __init__(
@@ -82,11 +90,15 @@ class ClipDataset(Dataset):
         std: Sequence[float] = (0.225, 0.225, 0.225),
         hflip: bool = True,
         max_retries: int = 10,
+        seed: int = 0,
+        repeat_aug: int = 1,
     ) -> None:
         if num_frames < 1 or sampling_rate < 1 or num_clips < 1:
             raise ValueError(
                 f"num_frames, sampling_rate and num_clips must be positive, got {num_frames}, {sampling_rate}, {num_clips}"
             )
+        if repeat_aug < 1 or (repeat_aug > 1 and not train):
+            raise ValueError(f"repeat_aug must be >= 1, and 1 unless training, got {repeat_aug} (train={train})")
         if not annotations.videos:
             raise ValueError("the dataset has no videos")
         self.videos = list(annotations.videos)
@@ -99,6 +111,9 @@ class ClipDataset(Dataset):
         self.num_clips = 1 if train else num_clips
         self.num_crops = 1 if train else num_crops
         self.max_retries = max_retries
+        self.seed = seed
+        self.repeat_aug = repeat_aug
+        self.epoch = 0
         if train:
             self.transform = TrainTransform(crop_size, train_scale, mean, std, hflip)
         else:
@@ -124,26 +139,41 @@ class ClipDataset(Dataset):
         """The zero clip ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
         return torch.zeros(3, self.num_frames, self.transform.crop_size, self.transform.crop_size)
 
-    def _load(self, video_index: int, view: int) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""
+        self.epoch = epoch
+
+    def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
+        """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1.
+
+        The frames are drawn and decoded once, with repeat 0's generator; each repeat ``r`` then
+        draws its own scale, crop and flip from generator ``r``.
+        """
+        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
+        frames = video.frames(random_clip(video.info.num_frames, self.num_frames, self.sampling_rate, generators[0]))
+        views = [self.transform(frames, generator) for generator in generators]
+        return views[0] if self.repeat_aug == 1 else torch.stack(views)
+
+    def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:
         video = OpenVideo(self.videos[video_index])
         total = video.info.num_frames
         if self.train:
-            return self.transform(video.frames(random_clip(total, self.num_frames, self.sampling_rate)))
+            return self._train_clips(video, index)
         clip_index, crop_index = divmod(view, self.num_crops)
         indices = uniform_clips(total, self.num_frames, self.sampling_rate, self.num_clips)[clip_index]
         return self.transform(video.frames(indices), crop_index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         video_index, view = divmod(index, self.num_views)
-        for _ in range(self.max_retries + 1):
+        for attempt in range(self.max_retries + 1):
             try:
-                return self._load(video_index, view), self.labels[video_index], video_index
+                return self._load(video_index, view, index), self.labels[video_index], video_index
             except VideoReadError as error:
                 if not self.train:
                     logger.debug("view %d of %s is left out: %s", view, self.videos[video_index], error)
                     return self._unreadable_view(), UNREADABLE, video_index
                 self._skipped.add(self.videos[video_index], str(error))
-                video_index = random.randrange(self.num_videos)
+                video_index = randint(self.num_videos, sample_generator(self.seed, self.epoch, index, -1 - attempt))
         raise RuntimeError(
             f"{self.max_retries + 1} videos in a row could not be decoded, last {self.videos[video_index]}; "
             f"skipped so far: {len(self.skipped_files())}"

@@ -1,7 +1,15 @@
-"""Which frames make a clip: one random clip for training, uniformly spaced views for testing."""
+"""Which frames make a clip: one random clip for training, uniformly spaced views for testing.
+
+Training randomness is per sample: :func:`sample_generator` seeds a generator from
+``(seed, epoch, index, repeat)`` only, so a sample's clip does not depend on the DataLoader
+worker that loads it, the number of workers, the rank, or a restart.
+"""
 from __future__ import annotations
 
-import random
+import hashlib
+import struct
+
+import torch
 
 
 def clip_span(num_frames: int, sampling_rate: int) -> int:
@@ -14,11 +22,25 @@ def _clip_at(start: int, total: int, num_frames: int, sampling_rate: int) -> lis
     return [(start + k * sampling_rate) % total for k in range(num_frames)]
 
 
-def random_clip(total: int, num_frames: int, sampling_rate: int, rng: random.Random | None = None) -> list[int]:
+def sample_generator(seed: int, epoch: int, index: int, repeat: int = 0) -> torch.Generator:
+    """A CPU generator seeded from a hash of ``(seed, epoch, index, repeat)`` and nothing else.
+
+    ``repeat`` numbers the clips drawn from one video in one epoch (``repeat_aug``); negative
+    values are reserved for other draws of the same sample (the replacement of an unreadable video).
+    """
+    key = hashlib.sha256(struct.pack("<4q", seed, epoch, index, repeat)).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+def randint(high: int, generator: torch.Generator | None = None) -> int:
+    """A uniform integer in ``[0, high)`` from ``generator`` (torch's global generator when ``None``)."""
+    return int(torch.randint(high, (), generator=generator))
+
+
+def random_clip(total: int, num_frames: int, sampling_rate: int, generator: torch.Generator | None = None) -> list[int]:
     """One clip at a uniformly random start, for training."""
-    rng = rng or random
     room = max(total - clip_span(num_frames, sampling_rate), 0)
-    return _clip_at(rng.randint(0, room), total, num_frames, sampling_rate)
+    return _clip_at(randint(room + 1, generator), total, num_frames, sampling_rate)
 
 
 def uniform_clips(total: int, num_frames: int, sampling_rate: int, num_clips: int) -> list[list[int]]:

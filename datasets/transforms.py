@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from softpool3d.datasets.sampling import crop_offsets
+from softpool3d.datasets.sampling import crop_offsets, randint
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
@@ -28,7 +28,11 @@ def _to_clip(video: torch.Tensor) -> torch.Tensor:
 
 
 class TrainTransform:
-    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, normalize."""
+    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, normalize.
+
+    Every random choice is drawn from the ``generator`` given to the call, so a seeded generator
+    gives the same clip in any process (torchvision's random transforms would use the global RNG).
+    """
 
     def __init__(
         self, crop_size: int, scale: Sequence[int], mean: Sequence[float], std: Sequence[float], hflip: bool = True
@@ -36,18 +40,28 @@ class TrainTransform:
         low, high = int(scale[0]), int(scale[1])
         if not crop_size <= low <= high:
             raise ValueError(f"train_scale must satisfy crop_size <= low <= high, got {tuple(scale)} and crop {crop_size}")
-        steps = [
-            v2.RandomShortestSize(min_size=list(range(low, high + 1)), antialias=True),
-            v2.RandomCrop(crop_size),
-        ]
-        if hflip:
-            steps.append(v2.RandomHorizontalFlip())
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        self.transform = v2.Compose(steps)
+        self.crop_size, self.low, self.high, self.hflip = crop_size, low, high, hflip
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``."""
-        return _to_clip(self.transform(_to_video(frames)))
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``).
+
+        The crop is chosen on the scaled frame, then cut from the source and resized alone (one
+        ``resized_crop``): the same picture up to a source pixel of rounding, without scaling the
+        pixels the crop throws away.
+        """
+        video = _to_video(frames)
+        height, width = video.shape[-2:]
+        factor = (self.low + randint(self.high - self.low + 1, generator)) / min(height, width)
+        scaled_height, scaled_width = max(round(height * factor), self.crop_size), max(round(width * factor), self.crop_size)
+        top = randint(scaled_height - self.crop_size + 1, generator)
+        left = randint(scaled_width - self.crop_size + 1, generator)
+        side_h, side_w = min(round(self.crop_size / factor), height), min(round(self.crop_size / factor), width)
+        video = TF.resized_crop(video, min(round(top / factor), height - side_h), min(round(left / factor), width - side_w),
+                                side_h, side_w, [self.crop_size, self.crop_size], antialias=True)
+        if self.hflip and randint(2, generator):
+            video = TF.horizontal_flip(video)
+        return _to_clip(self.normalize(video))
 
 
 class TestTransform:

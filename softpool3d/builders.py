@@ -52,6 +52,8 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         test_scale=data.test_scale,
         mean=tuple(data.mean),
         std=tuple(data.std),
+        seed=cfg.train.seed,
+        repeat_aug=data.repeat_aug if train else 1,
     )
 
 

@@ -32,6 +32,9 @@ class DataConfig:
     process. Validation uses one centre view per video (clip accuracy); the test uses
     ``num_clips x num_crops`` views. A val/test video that cannot be decoded is left out of
     the metrics; more than ``max_bad_fraction`` of them stops the run, naming the files.
+    ``repeat_aug=k`` decodes each training video once and trains on ``k`` independently sampled
+    and augmented clips of it: a step carries ``batch_size x k`` clips of ``batch_size`` videos,
+    and an epoch still sees each video once.
     """
 
     dataset: str = "ucf101"
@@ -55,6 +58,7 @@ class DataConfig:
     test_batch_size: int = 8
     num_workers: int = 4
     max_bad_fraction: float = 0.05
+    repeat_aug: int = 1
 
 
 @dataclass
@@ -194,6 +198,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.test_batch_size": _at_least(1),
     "data.num_workers": _at_least(0),
     "data.max_bad_fraction": _in_range(0, 1),
+    "data.repeat_aug": _at_least(1),
     "model.dropout": _in_range(0, 1, high_open=True),
     "model.freeze_stages": _at_least(0),
     "optim.lr": ((lambda value: value > 0), "must be > 0"),

@@ -99,6 +99,12 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def flatten_repeats(clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``repeat_aug`` batch ``(N, k, C, T, H, W)`` with labels ``(N,)`` -> ``(N * k, C, T, H, W)`` and
+    ``(N * k,)``: video ``n``'s clips stay together, each with its video's label."""
+    return clips.flatten(0, 1), labels.repeat_interleave(clips.shape[1])
+
+
 def train(cfg: DictConfig) -> TrainResult:
     """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one)."""
     dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
@@ -299,8 +305,9 @@ class _Trainer:
 
     def _train_epoch(self) -> None:
         cfg, state = self.cfg, self.state
-        accumulate, batch_size = cfg.train.accumulate, cfg.data.batch_size
+        accumulate, batch_size, repeats = cfg.train.accumulate, cfg.data.batch_size, cfg.data.repeat_aug
         self.sampler.set_epoch(state.epoch)
+        self.train_set.set_epoch(state.epoch)  # per-sample clip randomness keyed on (seed, epoch, index, repeat)
         self.sampler.set_start(state.step_in_epoch * accumulate * batch_size)
         self.generator.manual_seed(cfg.train.seed * 100_003 + state.epoch)
         self.model.train()
@@ -315,6 +322,8 @@ class _Trainer:
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
                 wait += time.perf_counter() - fetched
+                if repeats > 1:
+                    clips, labels = flatten_repeats(clips, labels)
                 clips = clips.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 sync = micro == accumulate - 1 or not self.dist.distributed
@@ -327,11 +336,12 @@ class _Trainer:
                 loss_sum += loss.detach().double().cpu()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
             elapsed = time.perf_counter() - started
-            clips_per_s = accumulate * batch_size * self.dist.world_size / elapsed
+            clips_per_step = accumulate * batch_size * repeats * self.dist.world_size
+            clips_per_s = clips_per_step / elapsed
             state.step += 1
             state.step_in_epoch += 1
             if self.warmed_up:  # the first step of a process (lazy init, JIT builds) is left out
-                state.clips += accumulate * batch_size * self.dist.world_size
+                state.clips += clips_per_step
                 state.seconds += elapsed
             self.warmed_up = True
             bar.update(1)

@@ -82,7 +82,7 @@ def test_saved_config_reloads_identically(tmp_path):
 BAD_VALUES = {
     "data.fold": 4, "data.num_frames": 0, "data.sampling_rate": 0, "data.crop_size": -5, "data.test_scale": 0,
     "data.num_clips": 0, "data.num_crops": 2, "data.batch_size": 0, "data.test_batch_size": 0,
-    "data.num_workers": -1, "data.max_bad_fraction": 1.5, "model.dropout": 1.0, "model.freeze_stages": -1,
+    "data.num_workers": -1, "data.max_bad_fraction": 1.5, "data.repeat_aug": 0, "model.dropout": 1.0, "model.freeze_stages": -1,
     "optim.lr": 0.0, "optim.momentum": 1.0, "optim.weight_decay": -0.1, "optim.warmup_epochs": -1.0,
     "optim.warmup_start_factor": 0.0, "optim.min_lr": -1.0, "train.epochs": 0, "train.limit_steps_per_epoch": -1,
     "train.num_threads": -1, "train.label_smoothing": 2.0, "train.grad_clip": -1.0, "train.accumulate": 0,

@@ -37,6 +37,9 @@ class SyntheticClips(Dataset):
     def __len__(self):
         return self.num_videos * self.num_views
 
+    def set_epoch(self, epoch):
+        """Like ``ClipDataset``'s; these clips draw from the global RNG, which the engine seeds per epoch."""
+
     def __getitem__(self, index):
         if self.fail_after is not None:
             self.fail_after[0] -= 1

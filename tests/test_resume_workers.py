@@ -1,0 +1,78 @@
+"""Exact resume with decoding workers, on the demo videos in subprocesses: a run SIGKILLed mid-epoch
+at data.num_workers=2 and resumed (with 2 workers, or with another count) ends with every tensor of
+model, optimizer and scheduler equal, bit for bit, to an uninterrupted run's. And repeat_aug batches
+in the engine: flattened per video, with steps per epoch counted in videos."""
+import shutil
+
+import pytest
+import torch
+from test_engine_distributed import TOOLS, _run, _small
+
+from softpool3d.config import load_config
+from softpool3d.train import flatten_repeats, train
+
+# 32 training videos, batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
+# step 7 (epoch 2, after its mid-epoch checkpoint at step 6).
+COMMON = ["train.epochs=2", "train.limit_steps_per_epoch=4", "train.checkpoint_every_steps=2", "optim.name=adamw",
+          "data.num_workers=2"]
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    """Every tensor equal bit for bit (and every other value equal), recursively."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(demo_root, tmp_path_factory):
+    """An uninterrupted run and a run SIGKILLed at step 7, both with 2 decoding workers."""
+    root = tmp_path_factory.mktemp("resume_workers")
+    _run([TOOLS / "train.py", *_small(demo_root, root / "straight", "x"), *COMMON])
+    _run([TOOLS / "train.py", *_small(demo_root, root / "killed", "x"), *COMMON, "debug.kill_at_step=7"], expect=-9)
+    checkpoint = _load(root / "killed" / "x" / "checkpoints" / "last.pt")
+    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"]) == (6, 1, 2)  # mid-epoch 2
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 1, 0])
+def test_resume_with_workers_is_bit_identical(runs, demo_root, tmp_path, workers):
+    shutil.copytree(runs / "killed", tmp_path / "resumed")
+    _run([TOOLS / "train.py", *_small(demo_root, tmp_path / "resumed", "x"), *COMMON, f"data.num_workers={workers}",
+          "resume=auto"])
+    straight = _load(runs / "straight" / "x" / "checkpoints" / "last.pt")
+    resumed = _load(tmp_path / "resumed" / "x" / "checkpoints" / "last.pt")
+    assert resumed["step"] == straight["step"] == 8
+    for part in ("model", "optimizer", "scheduler"):
+        _assert_identical(straight[part], resumed[part], part)
+    assert len(straight["optimizer"]["state"]) == len(straight["model"]) - sum(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in straight["model"])
+
+
+def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
+    clips = torch.arange(2 * 3).reshape(2, 3, 1, 1, 1, 1).expand(2, 3, 3, 2, 4, 4)
+    flat, labels = flatten_repeats(clips, torch.tensor([7, 9]))
+    assert flat.shape == (6, 3, 2, 4, 4)
+    assert [int(c[0, 0, 0, 0]) for c in flat] == [0, 1, 2, 3, 4, 5]  # video 0's three clips, then video 1's
+    assert labels.tolist() == [7, 7, 7, 9, 9, 9]
+
+
+@pytest.mark.slow
+def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path):
+    cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2"])
+    result = train(cfg)
+    assert result.step == 32 // 4  # 32 training videos, batch 4: steps per epoch unchanged by repeat_aug
