@@ -57,6 +57,10 @@ class ClipDataset(Dataset):
     ``num_crops`` crops, all deterministic. Items are ``(clip, label, video_index)`` with
     ``clip`` float ``(C, T, crop_size, crop_size)``.
 
+    ``videos`` (:class:`PathList`) and ``labels`` (:class:`LabelList`) index like lists but
+    are a few numpy arrays, so forked DataLoader workers share them instead of copying them;
+    ``num_missing`` and ``source`` repeat :class:`Annotations`' (left-out videos, provenance).
+
     A video that cannot be decoded is replaced by another one (a random one when training,
     the next one when testing), at most ``max_retries`` times; it is logged once and listed
     by :meth:`skipped_files`.
@@ -85,9 +89,11 @@ class ClipDataset(Dataset):
             )
         if not annotations.videos:
             raise ValueError("the dataset has no videos")
-        self.videos = list(annotations.videos)
-        self.labels = list(annotations.labels)
+        self.videos = annotations.videos
+        self.labels = annotations.labels
         self.classes = list(annotations.classes)
+        self.num_missing = annotations.missing
+        self.source = annotations.source
         self.train = train
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
