@@ -23,7 +23,9 @@ class DataConfig:
 
     ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
     process. Validation uses one centre view per video (clip accuracy); the test uses
-    ``num_clips x num_crops`` views.
+    ``num_clips x num_crops`` views. Datasets without a val list (UCF-101, HMDB-51, custom
+    data without one) get ``val`` carved out of the training list: ``val_fraction`` of its
+    groups, drawn with ``val_seed``; ``train`` is then the rest.
     """
 
     dataset: str = "ucf101"
@@ -32,8 +34,10 @@ class DataConfig:
     fold: int = 1
     make_demo: bool = False
     train_split: str = "train"
-    val_split: str = "test"
+    val_split: str = "val"
     test_split: str = "test"
+    val_fraction: float = 0.1
+    val_seed: int = 0
     num_frames: int = 16
     sampling_rate: int = 2
     crop_size: int = 112
