@@ -89,11 +89,12 @@ def read_index(name: str, root: Path, folder: Path | None, source: str, fold: in
     return index
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
+def _write_lines(path: Path, lines: list[bytes]) -> None:
+    """Write ``lines`` (one path each) to ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.writelines(line + "\n" for line in lines)
+    with os.fdopen(handle, "wb") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
     os.replace(temporary, path)
 
 
@@ -146,14 +147,14 @@ def load_annotations(
     kept = wanted & index.present
     missing = np.flatnonzero(wanted & ~index.present)
     if len(missing):
-        missing_paths = [str(index.videos[int(i)]) for i in missing]
+        missing_paths = index.videos[missing].joined()
         where = ""
         if missing_list is not None:
-            _write_lines(Path(missing_list), missing_paths)
+            _write_lines(Path(missing_list), missing_paths.tolist())
             where = f"; all listed in {missing_list}"
         logger.warning(
-            "%s %s: %d of %d annotated videos are missing and left out, e.g. %s%s",
-            name, split, len(missing), int(wanted.sum()), ", ".join(missing_paths[:5]), where,
+            "%s %s: %d of %d annotated videos are missing and left out, e.g. %s%s", name, split, len(missing),
+            int(wanted.sum()), ", ".join(os.fsdecode(p) for p in missing_paths[:5].tolist()), where,
         )
     elif missing_list is not None and Path(missing_list).is_file():
         Path(missing_list).unlink()
