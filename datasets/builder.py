@@ -135,15 +135,16 @@ def load_annotations(
     source, carve = _plan(name, root, folder, split)
     index = read_index(name, root, folder, source, fold, cache)
     wanted = np.ones(len(index.labels), dtype=bool)
-    origin = f"{source} list" if source != "all" else f"the single list {folder or root}"
+    listing = f"the {source} list" if source != "all" else f"the single list {folder or root}"
+    origin = listing
     if carve:
         if val_fraction <= 0.0 and split == "val":
-            raise ValueError(f"{name} has no val list and val_fraction={val_fraction} carves none from {origin}")
+            raise ValueError(f"{name} has no val list and val_fraction={val_fraction} carves none from {listing}")
         if val_fraction > 0.0:
             carved = carve_val(name, index, val_fraction, val_seed)
             wanted = carved if split == "val" else ~carved
-            origin = f"{origin} minus val" if split == "train" else f"carved from {origin}"
-            origin += f" ({describe(name, val_fraction, val_seed)})"
+            how = describe(name, val_fraction, val_seed)
+            origin = f"val carved out of {listing} ({how})" if split == "val" else f"{listing} minus the carved val ({how})"
     kept = wanted & index.present
     missing = np.flatnonzero(wanted & ~index.present)
     if len(missing):
@@ -160,7 +161,7 @@ def load_annotations(
         Path(missing_list).unlink()
     if not kept.any():
         raise FileNotFoundError(f"{name} {split}: none of the {int(wanted.sum())} annotated videos exist under {root}")
-    logger.info("%s %s: %d videos, %d classes, from the %s", name, split, int(kept.sum()), len(index.classes), origin)
+    logger.info("%s %s: %d videos, %d classes; %s", name, split, int(kept.sum()), len(index.classes), origin)
     return Annotations(index.videos[kept], index.labels[kept], index.classes, missing=len(missing), source=origin)
 
 

@@ -138,7 +138,11 @@ class _PyAVReader:
                     if index >= last:
                         break
                 return found
-            container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+            try:
+                container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError as error:
+                logger.debug("cannot seek in %s (%s)", self.path, error)
+                return found
             last_pts = self._pts[last]
             for frame in container.decode(stream):
                 if frame.pts is None:

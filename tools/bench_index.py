@@ -15,7 +15,7 @@ reads one training clip near its end in a fresh process, and reports that clip's
 against what a whole-video decode would hold, and checks the frames against PyAV decoding the
 same indices from frame 0.
 
-    python tools/bench_index.py [--root /tmp/k700-bench] [--train 545317] [--minutes 5]
+    python tools/bench_index.py [--root /tmp/k700-bench] [--train 545317] [--minutes 5] [--compare 07bca79]
 """
 from __future__ import annotations
 
@@ -99,6 +99,43 @@ def child_index(root: str, run_dir: str) -> dict:
     return result
 
 
+def child_old(commit: str, root: str) -> dict:
+    """The index of ``commit`` (its ``datasets/annotations.py``, imported from git) on the same
+    folder: ``parse_kinetics`` plus one ``is_file()`` per video, as its ``load_annotations`` did.
+    It parsed every CSV in the folder and refused the label-less ``test.csv``, so it gets a
+    folder holding only ``train.csv`` and ``validate.csv``."""
+    import importlib.util
+
+    import torch  # noqa: F401  (the same imports as a training process, like child_index)
+
+    source = subprocess.run(["git", "show", f"{commit}:datasets/annotations.py"], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent).stdout
+    with tempfile.TemporaryDirectory() as scratch:
+        module_path = Path(scratch) / "old_annotations.py"
+        module_path.write_text(source)
+        spec = importlib.util.spec_from_file_location("old_annotations", module_path)
+        old = importlib.util.module_from_spec(spec)
+        sys.modules["old_annotations"] = old
+        spec.loader.exec_module(old)
+        annotations = Path(scratch) / "annotations"
+        annotations.mkdir()
+        for name in ("train.csv", "validate.csv"):
+            (annotations / name).symlink_to(Path(root) / "annotations" / name)
+        gc.collect()
+        before, objects = _status_mb("VmRSS"), len(gc.get_objects())
+        _reset_peak()
+        start = time.perf_counter()
+        parsed = old.parse_kinetics(Path(root), annotations, "train")
+        kept = [i for i, path in enumerate(parsed.videos) if path.is_file()]
+        videos = [parsed.videos[i] for i in kept]
+        del parsed, kept
+        seconds = time.perf_counter() - start
+        peak = _status_mb("VmHWM") - before
+        gc.collect()
+        return {"videos": len(videos), "seconds": seconds, "growth_mb": _status_mb("VmRSS") - before,
+                "peak_growth_mb": peak, "gc_objects": len(gc.get_objects()) - objects}
+
+
 def write_av1(path: Path, minutes: float, height: int, width: int, fps: int = 25) -> int:
     """A moving box over gradients, streamed into an AV1 mp4 (keyframe every 10 s); returns the frame count."""
     import av
@@ -170,11 +207,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--compare", metavar="COMMIT", help="also time the index of this git commit (e.g. 07bca79)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = child_index(*rest) if kind == "index" else child_clip(rest[0], [int(i) for i in rest[1:]])
+        if kind == "index":
+            result = child_index(*rest)
+        elif kind == "old":
+            result = child_old(*rest)
+        else:
+            result = child_clip(rest[0], [int(i) for i in rest[1:]])
         print(json.dumps(result))
         return 0
 
@@ -200,6 +243,11 @@ def main() -> int:
             r = run[split]
             print(f"{name:28s} {split:5s}: {r['videos']} videos, {r['missing']} missing, {r['classes']} classes, "
                   f"{r['seconds']:.2f} s, process growth {r['growth_mb']:.0f} MB (peak {r['peak_growth_mb']:.0f} MB)")
+    if args.compare:
+        old = _child("old", args.compare, str(root))
+        print(f"{'commit ' + args.compare + ' index':28s} train: {old['videos']} videos, {old['seconds']:.2f} s, "
+              f"process growth {old['growth_mb']:.0f} MB (peak {old['peak_growth_mb']:.0f} MB), "
+              f"{old['gc_objects']} more gc-tracked objects")
     print("\nforked worker, Private_Dirty after gc.collect() (first start):")
     print(f"  no dataset                      {cold['worker_no_data']:7.1f} MB   with freeze_inherited_objects "
           f"{cold['worker_no_data_frozen']:6.1f} MB")
