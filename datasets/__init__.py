@@ -7,7 +7,9 @@ from softpool3d.datasets.annotations import AnnotationError, Annotations
 from softpool3d.datasets.builder import DATASET_NAMES, build_dataset, load_annotations
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_video
+from softpool3d.datasets.index import LabelList, PathList
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
+from softpool3d.datasets.workers import freeze_inherited_objects
 
 __all__ = [
     "AnnotationError",
@@ -15,10 +17,13 @@ __all__ = [
     "ClipDataset",
     "DATASET_NAMES",
     "DEMO_CLASSES",
+    "LabelList",
     "OpenVideo",
+    "PathList",
     "VideoInfo",
     "VideoReadError",
     "build_dataset",
+    "freeze_inherited_objects",
     "load_annotations",
     "make_demo_dataset",
     "read_frames",

@@ -72,6 +72,10 @@ class ClipDataset(Dataset):
     listed by :meth:`skipped_files`. When testing, a view that cannot be decoded is the item
     ``(zeros, UNREADABLE, video_index)`` (so batches still collate) and
     :func:`softpool3d.evaluate.evaluate` leaves the video out.
+
+    ``videos`` (:class:`PathList`) and ``labels`` (:class:`LabelList`) index like lists but
+    are a few numpy arrays, so forked DataLoader workers share them instead of copying them;
+    ``num_missing`` and ``source`` repeat :class:`Annotations`' (left-out videos, provenance).
     """
 
     def __init__(
@@ -101,10 +105,11 @@ class ClipDataset(Dataset):
             raise ValueError(f"repeat_aug must be >= 1, and 1 unless training, got {repeat_aug} (train={train})")
         if not annotations.videos:
             raise ValueError("the dataset has no videos")
-        self.videos = list(annotations.videos)
-        self.labels = list(annotations.labels)
+        self.videos = annotations.videos
+        self.labels = annotations.labels
         self.classes = list(annotations.classes)
-        self.num_missing = annotations.num_missing
+        self.num_missing = annotations.missing
+        self.source = annotations.source
         self.train = train
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate

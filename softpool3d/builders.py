@@ -13,6 +13,7 @@ from torch import nn
 
 from softpool3d.checkpoint import CheckpointError, has_digest, load_checkpoint
 from softpool3d.config import ConfigError
+from softpool3d.config import run_dir
 from softpool3d.datasets import ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
@@ -34,7 +35,8 @@ def prepare_data(cfg: DictConfig) -> None:
 
 
 def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
-    """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry."""
+    """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry; the paths
+    of missing videos go to ``<run_dir>/missing_<split>.txt``."""
     data = cfg.data
     return build_clip_dataset(
         data.dataset,
@@ -43,6 +45,9 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         train=train,
         annotations=data.annotations,
         fold=data.fold,
+        val_fraction=data.val_fraction,
+        val_seed=data.val_seed,
+        missing_list=run_dir(cfg) / f"missing_{split}.txt",
         num_frames=data.num_frames,
         sampling_rate=data.sampling_rate,
         num_clips=num_clips,

@@ -35,6 +35,9 @@ class DataConfig:
     ``repeat_aug=k`` decodes each training video once and trains on ``k`` independently sampled
     and augmented clips of it: a step carries ``batch_size x k`` clips of ``batch_size`` videos,
     and an epoch still sees each video once.
+    Datasets without a val list (UCF-101, HMDB-51, custom data without one) get ``val`` carved
+    out of the training list: ``val_fraction`` of its groups, drawn with ``val_seed``; ``train``
+    is then the rest.
     """
 
     dataset: str = "ucf101"
@@ -43,8 +46,10 @@ class DataConfig:
     fold: int = 1
     make_demo: bool = False
     train_split: str = "train"
-    val_split: str = "test"
+    val_split: str = "val"
     test_split: str = "test"
+    val_fraction: float = 0.1
+    val_seed: int = 0
     num_frames: int = 16
     sampling_rate: int = 2
     crop_size: int = 112

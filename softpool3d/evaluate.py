@@ -23,6 +23,7 @@ from tqdm import tqdm
 from softpool3d import builders
 from softpool3d.checkpoint import load_checkpoint
 from softpool3d.config import ConfigError, check_runnable, from_container
+from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
 from softpool3d.metrics import confusion_matrix, per_class_accuracy, topk_correct
@@ -109,6 +110,7 @@ def evaluate(
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), dist_info.rank, dist_info.world_size),
         num_workers=num_workers,
+        worker_init_fn=freeze_inherited_objects,
     )
     was_training = model.training
     model.eval()

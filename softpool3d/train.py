@@ -35,6 +35,7 @@ from tqdm import tqdm
 from softpool3d import builders
 from softpool3d.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from softpool3d.config import ConfigError, run_dir, save_config, to_container
+from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.distributed import (
     DistInfo,
     ResumableDistributedSampler,
@@ -165,6 +166,7 @@ class _Trainer:
         self.loader = DataLoader(
             self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             drop_last=True, pin_memory=self.device.type == "cuda", generator=self.generator,
+            worker_init_fn=freeze_inherited_objects,
         )
         self.steps_per_epoch = self.sampler.num_samples // cfg.data.batch_size // cfg.train.accumulate
         if cfg.train.limit_steps_per_epoch > 0:

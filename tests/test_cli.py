@@ -196,7 +196,7 @@ def test_start_up_summary_comes_before_the_first_step(bad_run):
     first_validation = next(i for i, text in enumerate(texts) if text.startswith("epoch 1:"))
     assert summary < first_validation
     lines = texts[summary].splitlines()
-    assert "train (split 'train'): 32 videos, 8 classes, 0 missing" in lines[1]
+    assert "train (split 'train'): 24 videos, 8 classes, 0 missing" in lines[1] and "minus the carved val" in lines[1]
     assert "val (split 'test', the test split" in lines[2] and "16 videos, 8 classes" in lines[2]
     assert "test (split 'test'): 16 videos, 8 classes" in lines[3]
     assert "model r3d_18 width 4, pool soft" in lines[4] and "M params" in lines[4] and "GMACs per clip 4x32x32" in lines[4]

@@ -177,10 +177,12 @@ def test_custom_folders_and_csv(tmp_path):
 
 def test_demo_set_layout(demo_root):
     train = load_annotations("ucf101", demo_root, "train")
+    val = load_annotations("ucf101", demo_root, "val")
     test = load_annotations("ucf101", demo_root, "test")
-    assert train.classes == list(DEMO_CLASSES)
-    assert len(train.videos) == 4 * len(DEMO_CLASSES) and len(test.videos) == 2 * len(DEMO_CLASSES)
-    assert not set(train.videos) & set(test.videos)
+    assert train.classes == val.classes == list(DEMO_CLASSES)
+    assert len(train.videos) == 3 * len(DEMO_CLASSES) and len(val.videos) == len(DEMO_CLASSES)
+    assert len(test.videos) == 2 * len(DEMO_CLASSES)
+    assert not set(train.videos) & set(test.videos) and not set(val.videos) & (set(train.videos) | set(test.videos))
     assert video_info(test.videos[0]).num_frames == 16
 
 
