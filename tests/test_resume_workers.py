@@ -9,9 +9,10 @@ import torch
 from test_engine_distributed import TOOLS, _run, _small
 
 from softpool3d.config import load_config
+from softpool3d.datasets import load_annotations
 from softpool3d.train import flatten_repeats, train
 
-# 32 training videos, batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
+# 24 training videos (32 minus the carved val), batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
 # step 7 (epoch 2, after its mid-epoch checkpoint at step 6).
 COMMON = ["train.epochs=2", "train.limit_steps_per_epoch=4", "train.checkpoint_every_steps=2", "optim.name=adamw",
           "data.num_workers=2"]
@@ -74,5 +75,6 @@ def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
 @pytest.mark.slow
 def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path):
     cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2"])
+    videos = len(load_annotations("ucf101", demo_root, "train").videos)  # the train list minus the carved val
     result = train(cfg)
-    assert result.step == 32 // 4  # 32 training videos, batch 4: steps per epoch unchanged by repeat_aug
+    assert result.step == videos // 4  # batch 4: steps per epoch unchanged by repeat_aug
