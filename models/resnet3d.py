@@ -177,7 +177,7 @@ def _resnet(
         params_m=33.371472,
         params_source="torchvision R3D_18_Weights.KINETICS400_V1.meta['num_params']",
         gmacs=40.697,
-        gmacs_source="torchvision R3D_18_Weights.KINETICS400_V1.meta['_ops'] (labelled GFLOPS; counts multiply-adds)",
+        gmacs_source="torchvision R3D_18_Weights.KINETICS400_V1.meta['_ops'] (called GFLOPS; multiply-adds)",
     )
 )
 def r3d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
@@ -241,7 +241,7 @@ def r3d_152(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
         params_m=31.505325,
         params_source="torchvision R2Plus1D_18_Weights.KINETICS400_V1.meta['num_params']",
         gmacs=40.519,
-        gmacs_source="torchvision R2Plus1D_18_Weights.KINETICS400_V1.meta['_ops'] (labelled GFLOPS; counts multiply-adds)",
+        gmacs_source="torchvision R2Plus1D_18_Weights.KINETICS400_V1.meta['_ops'] (called GFLOPS; multiply-adds)",
     )
 )
 def r2plus1d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:

@@ -7,7 +7,9 @@ import torchvision
 from pytorchvideo.models.hub.x3d import checkpoint_paths as pytorchvideo_x3d_checkpoints
 from torch import nn
 
-from softpool3d.models import NOT_PUBLISHED, ModelInfo, build_model, list_models, load_pretrained, model_info, register_model
+from softpool3d.models import (
+    NOT_PUBLISHED, ModelInfo, build_model, list_models, load_pretrained, model_info, register_model,
+)
 
 TORCHVISION_WEIGHTS = {
     "r3d_18": torchvision.models.video.R3D_18_Weights.KINETICS400_V1,

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from softpool3d.models import NOT_PUBLISHED, list_models, model_info
+from softpool3d.models import list_models, model_info
 from softpool3d.models.benchmark import time_train_step
 from softpool3d.models.complexity import count_complexity
 
@@ -41,11 +41,12 @@ def complexity_table() -> str:
     for name in list_models():
         result = count_complexity(name)
         info = model_info(name)
-        sources = sorted({info.params_source, info.gmacs_source} - {NOT_PUBLISHED}) or ["-"]
+        source = "-" if info.params_m is None and info.gmacs is None else (
+            f"params: {info.params_source}; GMACs: {info.gmacs_source}")
         rows.append(
             f"| {name} | {'x'.join(map(str, result.clip_size))} | {result.params / 1e6:.2f} | {result.macs / 1e9:.2f} "
             f"| {'-' if info.params_m is None else info.params_m} | {'-' if info.gmacs is None else info.gmacs} "
-            f"| {'; '.join(sources)} |"
+            f"| {source} |"
         )
     return "\n".join(rows)
 
