@@ -2,21 +2,26 @@
 
 ``build_model(name, num_classes, pool="soft", **kw)`` builds any name of ``list_models()``:
 3D-ResNets and R(2+1)D (``resnet3d``), X3D (``x3d``) and SRTG networks (``srtg``).
+``model_info(name)`` is the model's record (clip size, normalisation, classifier, published
+params/GMACs and weights); every model has ``forward_features``, ``forward_head``,
+``get_classifier`` and ``reset_classifier`` (see ``softpool3d.models.registry``).
 """
 from softpool3d.models import resnet3d, srtg, x3d  # noqa: F401  (each registers its models)
 from softpool3d.models.pooling import POOL_KINDS, GlobalPool3d, make_pool3d
-from softpool3d.models.registry import build_model, default_clip_size, list_models, register_model
+from softpool3d.models.registry import NOT_PUBLISHED, ModelInfo, build_model, list_models, model_info, register_model
 from softpool3d.models.weights import LoadReport, freeze_stages, load_pretrained
 
 __all__ = [
+    "NOT_PUBLISHED",
     "POOL_KINDS",
     "GlobalPool3d",
     "LoadReport",
+    "ModelInfo",
     "build_model",
-    "default_clip_size",
     "freeze_stages",
     "list_models",
     "load_pretrained",
     "make_pool3d",
+    "model_info",
     "register_model",
 ]

@@ -1,4 +1,5 @@
-"""Parameter counts and multiply-adds of the registered models, next to the published figures."""
+"""Parameter counts and multiply-adds of the registered models (the published figures are in
+:func:`~softpool3d.models.model_info`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,17 +8,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from softpool3d.models.registry import build_model, default_clip_size
-
-PUBLISHED: dict[str, tuple[float, float, str]] = {
-    "r3d_18": (33.4, 40.7, "torchvision R3D_18_Weights (16x112x112)"),
-    "r2plus1d_18": (31.5, 40.5, "torchvision R2Plus1D_18_Weights (16x112x112)"),
-    "x3d_xs": (3.79, 0.60, "X3D paper, Feichtenhofer 2020 (4x160x160)"),
-    "x3d_s": (3.79, 1.96, "X3D paper, Feichtenhofer 2020 (13x160x160)"),
-    "x3d_m": (3.79, 4.73, "X3D paper, Feichtenhofer 2020 (16x224x224)"),
-    "x3d_l": (6.15, 18.4, "X3D paper, Feichtenhofer 2020 (16x312x312)"),
-}
-"""Published ``(params in M, GMACs for one view, source)``."""
+from softpool3d.models.registry import build_model, model_info
 
 
 @dataclass
@@ -40,7 +31,7 @@ def count_complexity(
     they cover convolutions and matrix products (LSTM gates included) but not normalisation,
     activations or pooling.
     """
-    clip = tuple(clip_size) if clip_size is not None else default_clip_size(name)
+    clip = tuple(clip_size) if clip_size is not None else model_info(name).clip_size
     with torch.device("meta"):
         model = build_model(name, num_classes, pool=pool, **kw).eval()
         clip_tensor = torch.empty(1, 3, *clip)

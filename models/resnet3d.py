@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models.video.resnet import BasicBlock, Bottleneck, Conv2Plus1D, Conv3DSimple, VideoResNet
 
 from softpool3d.models.pooling import GlobalPool3d, check_pool_kind, make_pool3d
-from softpool3d.models.registry import register_model
+from softpool3d.models.registry import ModelInfo, new_classifier, register_model
 
 Block = Type[Union[BasicBlock, Bottleneck]]
 ConvMaker = Type[Union[Conv3DSimple, Conv2Plus1D]]
@@ -51,7 +51,8 @@ class ResNet3d(VideoResNet):
 
     Pools at: the stem (``stem_pool=True`` only; window 1x3x3, stride 1x2x2, padding 0x1x1,
     placed after the stem's last ReLU) and the global head pooling over T x H x W before ``fc``.
-    Both use ``pool``. Input ``(N, 3, T, H, W)``, output logits ``(N, num_classes)``.
+    Both use ``pool``. Input ``(N, 3, T, H, W)``, output logits ``(N, num_classes)``; the
+    classifier is ``fc``.
     """
 
     def __init__(
@@ -124,9 +125,34 @@ class ResNet3d(VideoResNet):
             x = self.forward_stage(index, x)
         return x
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Last-stage features ``(N, C, T', H', W')`` -> logits ``(N, num_classes)``: global pooling,
+        dropout, ``fc``."""
+        return self.fc(self.dropout(self.pool(features).flatten(1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.forward_features(x)).flatten(1)
-        return self.fc(self.dropout(x))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Linear:
+        """The final ``nn.Linear`` (``fc``)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_classes``-way ``nn.Linear`` on its device and
+        dtype (weights from N(0, 0.01), zero bias); build optimizers after this call."""
+        self.fc = new_classifier(self.fc, num_classes)
+
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+"""Normalisation of torchvision's video weights (its ``VideoClassification`` preset), used by the
+whole ResNet family, with weights or without."""
+
+
+def resnet_info(**facts: Any) -> ModelInfo:
+    """The record of a ResNet-family model: clip 16x112x112, torchvision's Kinetics normalisation,
+    classifier ``fc``; ``facts`` adds its weights and published figures."""
+    return ModelInfo(clip_size=(16, 112, 112), mean=KINETICS_MEAN, std=KINETICS_STD, classifier="fc", **facts)
 
 
 def _resnet(
@@ -144,7 +170,16 @@ def _resnet(
     return model_class(block, [conv_maker] * 4, layers, stem, num_classes, pool, width=width, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(
+    resnet_info(
+        weights="torchvision R3D_18_Weights.KINETICS400_V1",
+        weights_url="https://download.pytorch.org/models/r3d_18-b3b3357e.pth",
+        params_m=33.371472,
+        params_source="torchvision R3D_18_Weights.KINETICS400_V1.meta['num_params']",
+        gmacs=40.697,
+        gmacs_source="torchvision R3D_18_Weights.KINETICS400_V1.meta['_ops'] (called GFLOPS; multiply-adds)",
+    )
+)
 def r3d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-18 (torchvision ``r3d_18``): basic blocks [2, 2, 2, 2], 3x3x3 convs.
 
@@ -155,7 +190,7 @@ def r3d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(BasicBlock, Conv3DSimple, [2, 2, 2, 2], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-34: basic blocks [3, 4, 6, 3], 3x3x3 convs.
 
@@ -166,7 +201,7 @@ def r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(BasicBlock, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-50: bottlenecks (expansion 4) [3, 4, 6, 3], 3x3x3 convs.
 
@@ -177,7 +212,7 @@ def r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-101: bottlenecks (expansion 4) [3, 4, 23, 3], 3x3x3 convs.
 
@@ -188,7 +223,7 @@ def r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 4, 23, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def r3d_152(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """3D-ResNet-152: bottlenecks (expansion 4) [3, 8, 36, 3], 3x3x3 convs.
 
@@ -199,7 +234,16 @@ def r3d_152(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     return _resnet(Bottleneck, Conv3DSimple, [3, 8, 36, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(
+    resnet_info(
+        weights="torchvision R2Plus1D_18_Weights.KINETICS400_V1",
+        weights_url="https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+        params_m=31.505325,
+        params_source="torchvision R2Plus1D_18_Weights.KINETICS400_V1.meta['num_params']",
+        gmacs=40.519,
+        gmacs_source="torchvision R2Plus1D_18_Weights.KINETICS400_V1.meta['_ops'] (called GFLOPS; multiply-adds)",
+    )
+)
 def r2plus1d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """R(2+1)D-18 (torchvision ``r2plus1d_18``): basic blocks [2, 2, 2, 2], 1x3x3 + 3x1x1 convs.
 
@@ -210,7 +254,7 @@ def r2plus1d_18(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet
     return _resnet(BasicBlock, Conv2Plus1D, [2, 2, 2, 2], True, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def r2plus1d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """R(2+1)D-34: basic blocks [3, 4, 6, 3], 1x3x3 + 3x1x1 convs.
 

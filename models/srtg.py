@@ -22,7 +22,7 @@ from torchvision.models.video.resnet import BasicBlock, Bottleneck, Conv2Plus1D,
 
 from softpool3d.models.pooling import GlobalPool3d
 from softpool3d.models.registry import register_model
-from softpool3d.models.resnet3d import ResNet3d, _resnet
+from softpool3d.models.resnet3d import ResNet3d, _resnet, resnet_info
 
 
 def cycle_consistent(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def _srtg(*args: Any, srtg: bool = True, gates: bool = True, **kw: Any) -> ResNe
     return _resnet(*args, model_class=SRTGResNet3d, gates=gates, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def srtg_r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """SRTG 3D-ResNet-34: ``r3d_34`` with an SRTG step after each of its 16 blocks.
 
@@ -114,7 +114,7 @@ def srtg_r3d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet
     return _srtg(BasicBlock, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def srtg_r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """SRTG 3D-ResNet-50: ``r3d_50`` (bottleneck expansion 4) with an SRTG step after each block.
 
@@ -125,7 +125,7 @@ def srtg_r3d_50(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet
     return _srtg(Bottleneck, Conv3DSimple, [3, 4, 6, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def srtg_r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """SRTG 3D-ResNet-101: ``r3d_101`` (bottleneck expansion 4) with an SRTG step after each block.
 
@@ -136,7 +136,7 @@ def srtg_r3d_101(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNe
     return _srtg(Bottleneck, Conv3DSimple, [3, 4, 23, 3], False, num_classes, pool, **kw)
 
 
-@register_model(clip_size=(16, 112, 112))
+@register_model(resnet_info())
 def srtg_r2plus1d_34(num_classes: int = 400, pool: str = "soft", **kw: Any) -> ResNet3d:
     """SRTG R(2+1)D-34: ``r2plus1d_34`` with an SRTG step after each of its 16 blocks.
 

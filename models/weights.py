@@ -59,11 +59,11 @@ def _read_state_dict(source: Union[str, os.PathLike, StateDict]) -> tuple[dict[s
     return state, where
 
 
-def _head_prefix(model: nn.Module) -> str:
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
-    return linears[-1] + "."
+def _classifier_name(model: nn.Module) -> str:
+    if not hasattr(model, "get_classifier"):
+        raise TypeError(f"load_pretrained needs a model with get_classifier(), got {type(model).__name__}")
+    classifier = model.get_classifier()
+    return next(name for name, module in model.named_modules() if module is classifier)
 
 
 def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, StateDict]) -> LoadReport:
@@ -72,13 +72,15 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     Accepts a path (read with ``torch.load(weights_only=True)``) or a mapping: a plain state dict
     (ours, torchvision's ``VideoResNet``, pytorchvideo's X3D), our checkpoint (``{"model": ...}``)
     or a pytorchvideo/SlowFast checkpoint (``{"model_state": ...}``); ``module.`` (DDP) and
-    ``_orig_mod.`` (``torch.compile``) prefixes are stripped. The classifier (the model's last
-    ``nn.Linear``) is skipped when its shape differs, for fine-tuning to another class count; any
-    other shape mismatch raises ``ValueError`` naming the key.
+    ``_orig_mod.`` (``torch.compile``) prefixes are stripped. ``model`` must provide the models'
+    interface (``get_classifier``, ``reset_classifier``). When the source's classifier has another
+    shape (another class count), it is skipped and the model gets a freshly initialised one of its
+    own class count by ``reset_classifier``, for fine-tuning; any other shape mismatch raises
+    ``ValueError`` naming the key.
     """
     state, where = _read_state_dict(path_or_state_dict)
     own = model.state_dict()
-    head = _head_prefix(model)
+    head = _classifier_name(model) + "."
     report = LoadReport()
     for key, value in list(state.items()):
         if key in own and own[key].shape != value.shape:
@@ -89,6 +91,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
             report.skipped_head_keys.append(key)
             del state[key]
     result = model.load_state_dict(state, strict=False)
+    if report.skipped_head:
+        model.reset_classifier(model.get_classifier().out_features)
     report.missing_keys = [key for key in result.missing_keys if key not in report.skipped_head_keys]
     report.unexpected_keys = list(result.unexpected_keys)
     logger.info(

@@ -64,7 +64,8 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The ``model`` section's network with a ``num_classes``-way head; ``pretrained`` weights and
-    ``freeze_stages`` applied (a new head is kept when the class count differs)."""
+    ``freeze_stages`` applied (a source of another class count gets a fresh head by the model's
+    ``reset_classifier``)."""
     kwargs = {"dropout": cfg.model.dropout}
     if cfg.model.width is not None:
         kwargs["width"] = cfg.model.width

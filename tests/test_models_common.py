@@ -3,9 +3,9 @@ import pytest
 import torch
 import torchvision
 
-from softpool3d.models import build_model, default_clip_size, freeze_stages, list_models, load_pretrained
+from softpool3d.models import build_model, freeze_stages, list_models, load_pretrained, model_info
 from softpool3d.models.benchmark import time_train_step
-from softpool3d.models.complexity import PUBLISHED, count_complexity
+from softpool3d.models.complexity import count_complexity
 from softpool3d.models.weights import FrozenBatchNorm3d
 
 NAMES = [
@@ -126,10 +126,10 @@ def test_freeze_stages_freezes_stem_and_first_stages(name):
 @pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18", "x3d_s", "x3d_l"])
 def test_params_and_macs_match_published_figures(name):
     result = count_complexity(name)
-    params, gmacs, _ = PUBLISHED[name]
-    assert result.clip_size == default_clip_size(name)
-    assert result.params / 1e6 == pytest.approx(params, rel=0.01)
-    assert result.macs / 1e9 == pytest.approx(gmacs, rel=0.01)
+    info = model_info(name)
+    assert result.clip_size == info.clip_size
+    assert result.params / 1e6 == pytest.approx(info.params_m, rel=0.01)
+    assert result.macs / 1e9 == pytest.approx(info.gmacs, rel=0.01)
 
 
 def test_benchmark_times_every_pool_kind_on_the_same_model():

@@ -11,9 +11,9 @@ import sys
 
 import torch
 
-from softpool3d.models import list_models
+from softpool3d.models import list_models, model_info
 from softpool3d.models.benchmark import time_train_step
-from softpool3d.models.complexity import PUBLISHED, count_complexity
+from softpool3d.models.complexity import count_complexity
 
 SPEED_CASES = {
     "cpu": [
@@ -40,10 +40,13 @@ def complexity_table() -> str:
             "|---|---|---|---|---|---|---|"]
     for name in list_models():
         result = count_complexity(name)
-        params, macs, source = PUBLISHED.get(name, (None, None, "-"))
+        info = model_info(name)
+        source = "-" if info.params_m is None and info.gmacs is None else (
+            f"params: {info.params_source}; GMACs: {info.gmacs_source}")
         rows.append(
             f"| {name} | {'x'.join(map(str, result.clip_size))} | {result.params / 1e6:.2f} | {result.macs / 1e9:.2f} "
-            f"| {'-' if params is None else params} | {'-' if macs is None else macs} | {source} |"
+            f"| {'-' if info.params_m is None else info.params_m} | {'-' if info.gmacs is None else info.gmacs} "
+            f"| {source} |"
         )
     return "\n".join(rows)
 
