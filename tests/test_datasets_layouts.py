@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from softpool3d.datasets import AnnotationError, load_annotations
-from softpool3d.datasets import annotations as parsers
+from softpool3d.datasets.kinetics import Kinetics
 
 
 def _touch(path: Path) -> None:
@@ -195,13 +195,13 @@ def test_second_start_reads_the_cache_until_annotations_or_videos_change(tmp_pat
     _kinetics(tmp_path)
     first = load_annotations("kinetics700", tmp_path, "train")
     calls = []
-    original = parsers.parse_kinetics
+    original = Kinetics.parse
 
     def counted(*args):
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr("softpool3d.datasets.builder.parse_kinetics", counted)
+    monkeypatch.setattr(Kinetics, "parse", counted)
     second = load_annotations("kinetics700", tmp_path, "train")
     assert calls == [] and list(second.videos) == list(first.videos) and second.labels == first.labels
     assert second.classes == first.classes and second.missing == first.missing == 1
