@@ -1,13 +1,18 @@
 """Video clip datasets: decoding, clip sampling, transforms, annotation parsers and demo videos.
 
+Each dataset format (one module: ``kinetics``, ``ucf101``, ``hmdb51``, ``custom``) registers its
+parser by name with :func:`register_dataset`; importing this package registers them.
+
 Data flows ``files -> read_frames -> sampling -> transforms -> (clip, label, video_index)``,
 with clips ``(C, T, H, W)`` float; a DataLoader batches them to ``(N, C, T, H, W)``.
 """
-from softpool3d.datasets.annotations import AnnotationError, Annotations
-from softpool3d.datasets.builder import DATASET_NAMES, build_dataset, load_annotations
+from softpool3d.datasets.annotations import AnnotationError, Annotations, make_index
+from softpool3d.datasets import kinetics, ucf101, hmdb51, custom  # noqa: F401,I001  (registers the formats, in this order)
+from softpool3d.datasets.builder import build_dataset, load_annotations
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_video
 from softpool3d.datasets.index import LabelList, PathList
+from softpool3d.datasets.registry import DATASET_NAMES, DatasetFormat, dataset_format, list_datasets, register_dataset
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
 from softpool3d.datasets.workers import freeze_inherited_objects
 
@@ -17,16 +22,21 @@ __all__ = [
     "ClipDataset",
     "DATASET_NAMES",
     "DEMO_CLASSES",
+    "DatasetFormat",
     "LabelList",
     "OpenVideo",
     "PathList",
     "VideoInfo",
     "VideoReadError",
     "build_dataset",
+    "dataset_format",
     "freeze_inherited_objects",
+    "list_datasets",
     "load_annotations",
     "make_demo_dataset",
+    "make_index",
     "read_frames",
+    "register_dataset",
     "video_info",
     "write_video",
 ]

@@ -1,4 +1,9 @@
-"""``build_dataset``: one entry point from a dataset name and root to a :class:`ClipDataset`."""
+"""``build_dataset``: one entry point from a dataset name and root to a :class:`ClipDataset`.
+
+The dataset's registered format (:mod:`softpool3d.datasets.registry`) parses its lists and says
+which list serves each split; the index cache, the missing-video report and val carving are
+done here, the same for every format.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,81 +14,32 @@ from typing import Any, Union
 
 import numpy as np
 
-from softpool3d.datasets.annotations import (
-    Annotations,
-    AnnotationError,
-    custom_sources,
-    parse_custom,
-    parse_hmdb51,
-    parse_kinetics,
-    parse_ucf101,
-)
+from softpool3d.datasets.annotations import Annotations
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.index import VideoIndex
 from softpool3d.datasets.index_cache import cache_file, load_index, save_index
-from softpool3d.datasets.val_split import carve_val, describe
+from softpool3d.datasets.registry import DatasetFormat, dataset_format
+from softpool3d.datasets.val_split import carve_groups
 
 logger = logging.getLogger(__name__)
 
-DATASET_NAMES = ("kinetics700", "ucf101", "hmdb51", "custom")
 SPLITS = ("train", "val", "test")
 
 PathLike = Union[str, Path]
 
 
-def _default_annotations(name: str, root: Path) -> Path | None:
-    candidates = {
-        "ucf101": [root, root / "ucfTrainTestlist"],
-        "hmdb51": [root / "testTrainMulti_7030_splits", root],
-        "kinetics700": [root / "annotations", root],
-    }.get(name)
-    if candidates is None:
-        return None
-    markers = {"ucf101": "classInd.txt", "hmdb51": "*_test_split1.txt", "kinetics700": "*.csv"}[name]
-    found = next((c for c in candidates if any(c.glob(markers))), None)
-    if found is None:
-        raise FileNotFoundError(f"{name}: no {markers} in {' or '.join(str(c) for c in candidates)}")
-    return found
-
-
-def _plan(name: str, root: Path, folder: Path | None, split: str) -> tuple[str, bool]:
-    """Which annotation list serves ``split``, and whether ``train``/``val`` are carved from it."""
-    if name == "kinetics700":
-        return split, False
-    if name in ("ucf101", "hmdb51"):
-        return ("test", False) if split == "test" else ("train", True)
-    sources = custom_sources(root, folder)
-    if split in sources:
-        return split, split == "train" and "val" not in sources
-    if split == "test":
-        where = folder if folder is not None else root
-        raise AnnotationError(
-            f"custom data in {where} has no test list ({', '.join(sources)} only); add a test.csv (or a test/ folder), "
-            f"or set data.test_split=val to test on the val split"
-        )
-    return ("train" if "train" in sources else "all"), True
-
-
-def _parse(name: str, root: Path, folder: Path | None, source: str, fold: int) -> VideoIndex:
-    if name == "ucf101":
-        return parse_ucf101(root, folder, source, fold)
-    if name == "hmdb51":
-        return parse_hmdb51(root, folder, source, fold)
-    if name == "kinetics700":
-        return parse_kinetics(root, folder, source)
-    return parse_custom(root, folder, source)
-
-
-def read_index(name: str, root: Path, folder: Path | None, source: str, fold: int, cache: bool = True) -> VideoIndex:
-    """The :class:`VideoIndex` of one annotation list, from the cache when it is up to date."""
-    key = {"dataset": name, "root": str(root.resolve()), "annotations": str(folder.resolve()) if folder else None,
+def read_index(
+    dataset: DatasetFormat, root: Path, folder: Path | None, source: str, fold: int, cache: bool = True
+) -> VideoIndex:
+    """The :class:`VideoIndex` of one annotation list of ``dataset``, from the cache when it is up to date."""
+    key = {"dataset": dataset.name, "root": str(root.resolve()), "annotations": str(folder.resolve()) if folder else None,
            "fold": fold, "list": source}
     path = cache_file(key) if cache else None
     index = load_index(path) if path is not None else None
     if index is not None:
-        logger.debug("%s %s list: index read from %s", name, source, path)
+        logger.debug("%s %s list: index read from %s", dataset.name, source, path)
         return index
-    index = _parse(name, root, folder, source, fold)
+    index = dataset.parse(root, folder, source, fold)
     if path is not None:
         try:
             save_index(path, index)
@@ -113,7 +69,8 @@ def load_annotations(
     missing_list: PathLike | None = None,
     cache: bool = True,
 ) -> Annotations:
-    """The videos of ``split`` (``train``, ``val`` or ``test``) whose files exist.
+    """The videos of ``split`` (``train``, ``val`` or ``test``) of the dataset registered as
+    ``name`` whose files exist.
 
     UCF-101, HMDB-51 and custom data without a val list get ``val`` carved out of the training
     list (``val_fraction`` of its groups, drawn with ``val_seed``; see
@@ -127,16 +84,15 @@ def load_annotations(
     annotation list while its files and video folders are unchanged
     (:mod:`softpool3d.datasets.index_cache`).
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
+    dataset = dataset_format(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if fold not in (1, 2, 3) and name in ("ucf101", "hmdb51"):
-        raise ValueError(f"fold must be 1, 2 or 3 for {name}, got {fold}")
+    if dataset.folds is not None and fold not in dataset.folds:
+        raise ValueError(f"fold must be one of {', '.join(map(str, dataset.folds))} for {name}, got {fold}")
     root = Path(root)
-    folder = Path(annotations) if annotations is not None else _default_annotations(name, root)
-    source, carve = _plan(name, root, folder, split)
-    index = read_index(name, root, folder, source, fold, cache)
+    folder = Path(annotations) if annotations is not None else dataset.default_annotations(root)
+    source, carve = dataset.plan(root, folder, split)
+    index = read_index(dataset, root, folder, source, fold, cache)
     wanted = np.ones(len(index.labels), dtype=bool)
     listing = f"the {source} list" if source != "all" else f"the single list {folder or root}"
     origin = listing
@@ -144,9 +100,9 @@ def load_annotations(
         if val_fraction <= 0.0 and split == "val":
             raise ValueError(f"{name} has no val list and val_fraction={val_fraction} carves none from {listing}")
         if val_fraction > 0.0:
-            carved = carve_val(name, index, val_fraction, val_seed)
+            carved = carve_groups(*dataset.val_groups(index), val_fraction, val_seed)
             wanted = carved if split == "val" else ~carved
-            how = describe(name, val_fraction, val_seed)
+            how = f"{val_fraction:.0%} {dataset.val_unit}, seed {val_seed}"
             origin = f"val carved out of {listing} ({how})" if split == "val" else f"{listing} minus the carved val ({how})"
     kept = wanted & index.present
     missing = np.flatnonzero(wanted & ~index.present)
@@ -183,12 +139,14 @@ def build_dataset(
 ) -> ClipDataset:
     """A :class:`ClipDataset` of ``split`` (``train``/``val``/``test``) of dataset ``name``.
 
-    ``name`` is one of ``kinetics700``, ``ucf101``, ``hmdb51``, ``custom``; ``annotations``
-    overrides where the annotation files are (default: the usual place under ``root``);
-    ``fold`` picks the UCF-101/HMDB-51 split 1-3; ``val_fraction``, ``val_seed`` and
-    ``missing_list`` are those of :func:`load_annotations`. ``clip_options`` go to
-    :class:`ClipDataset` (``num_frames``, ``sampling_rate``, ``num_clips``, ``num_crops``,
-    ``crop_size``, ``train_scale``, ``test_scale``, ``mean``, ``std``, ``hflip``, ``max_retries``).
+    ``name`` is a registered dataset (:func:`~softpool3d.datasets.registry.list_datasets`:
+    ``kinetics700`` and its aliases ``kinetics600``/``kinetics400``, ``ucf101``, ``hmdb51``,
+    ``custom``, and any format registered since); ``annotations`` overrides where the annotation
+    files are (default: the usual place under ``root``); ``fold`` picks the UCF-101/HMDB-51 split
+    1-3; ``val_fraction``, ``val_seed`` and ``missing_list`` are those of :func:`load_annotations`.
+    ``clip_options`` go to :class:`ClipDataset` (``num_frames``, ``sampling_rate``, ``num_clips``,
+    ``num_crops``, ``crop_size``, ``train_scale``, ``test_scale``, ``mean``, ``std``, ``hflip``,
+    ``max_retries``, ``seed``, ``repeat_aug``, ``train_sampler``, ``test_sampler``, ``transform``).
     """
     parsed = load_annotations(name, root, split, annotations, fold, val_fraction=val_fraction, val_seed=val_seed,
                               missing_list=missing_list)

@@ -7,13 +7,13 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from softpool3d.datasets.annotations import Annotations
-from softpool3d.datasets.sampling import randint, random_clip, sample_generator, uniform_clips
+from softpool3d.datasets.sampling import TestSampler, TrainSampler, randint, random_clip, sample_generator, uniform_clips
 from softpool3d.datasets.transforms import TestTransform, TrainTransform
 from softpool3d.datasets.video_io import OpenVideo, VideoReadError
 
@@ -50,6 +50,13 @@ class SkippedFiles:
         self.folder = state["folder"]
 
 
+def _checked(indices: Sequence[int], num_frames: int, sampler: str) -> Sequence[int]:
+    """``indices`` when there are ``num_frames`` of them, else an error naming the sampler."""
+    if len(indices) != num_frames:
+        raise ValueError(f"{sampler} gave {len(indices)} frame indices, expected num_frames={num_frames}")
+    return indices
+
+
 class ClipDataset(Dataset):
     """Clips of the videos in ``annotations``.
 
@@ -63,6 +70,23 @@ class ClipDataset(Dataset):
     worker, process or run.
     Testing: item ``i`` is view ``i % num_views`` of video ``i // num_views``, where the views
     are ``num_clips`` uniformly spaced clips times ``num_crops`` crops, all deterministic.
+
+    Which frames and which pixels are pluggable; the defaults are the behaviour above:
+
+    - ``train_sampler(total, num_frames, sampling_rate, generator)`` gives the ``num_frames``
+      frame indices of a training clip (default :func:`~softpool3d.datasets.sampling.random_clip`);
+      it is called with repeat 0's generator, and must draw from it alone.
+    - ``test_sampler(total, num_frames, sampling_rate, num_clips)`` gives the ``num_clips`` index
+      lists of the test views (default :func:`~softpool3d.datasets.sampling.uniform_clips`).
+    - ``transform`` turns uint8 frames ``(T, H, W, 3)`` into a float clip
+      ``(C, T, crop_size, crop_size)``; when training it is called ``transform(frames, generator)``
+      once per repeat, with that repeat's generator (after the sampler's draws for repeat 0), and
+      must draw every random choice from it; when testing ``transform(frames, crop_index)`` with
+      ``crop_index`` in ``range(num_crops)``. ``None`` builds
+      :class:`~softpool3d.datasets.transforms.TrainTransform` (``crop_size``, ``train_scale``,
+      ``mean``, ``std``, ``hflip``) or :class:`~softpool3d.datasets.transforms.TestTransform`
+      (``crop_size``, ``test_scale``, ``mean``, ``std``, ``num_crops``); a given transform
+      ignores those arguments except ``crop_size`` (the size of the zero views below).
 
     Items are ``(clip, label, video_index)`` with ``clip`` float ``(C, T, crop_size, crop_size)``,
     or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``.
@@ -96,6 +120,9 @@ class ClipDataset(Dataset):
         max_retries: int = 10,
         seed: int = 0,
         repeat_aug: int = 1,
+        train_sampler: TrainSampler = random_clip,
+        test_sampler: TestSampler = uniform_clips,
+        transform: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         if num_frames < 1 or sampling_rate < 1 or num_clips < 1:
             raise ValueError(
@@ -113,13 +140,18 @@ class ClipDataset(Dataset):
         self.train = train
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
+        self.crop_size = crop_size
         self.num_clips = 1 if train else num_clips
         self.num_crops = 1 if train else num_crops
         self.max_retries = max_retries
         self.seed = seed
         self.repeat_aug = repeat_aug
         self.epoch = 0
-        if train:
+        self.train_sampler = train_sampler
+        self.test_sampler = test_sampler
+        if transform is not None:
+            self.transform = transform
+        elif train:
             self.transform = TrainTransform(crop_size, train_scale, mean, std, hflip)
         else:
             self.transform = TestTransform(crop_size, test_scale, mean, std, num_crops)
@@ -142,7 +174,7 @@ class ClipDataset(Dataset):
 
     def _unreadable_view(self) -> torch.Tensor:
         """The zero clip ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
-        return torch.zeros(3, self.num_frames, self.transform.crop_size, self.transform.crop_size)
+        return torch.zeros(3, self.num_frames, self.crop_size, self.crop_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""
@@ -155,7 +187,8 @@ class ClipDataset(Dataset):
         draws its own scale, crop and flip from generator ``r``.
         """
         generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
-        frames = video.frames(random_clip(video.info.num_frames, self.num_frames, self.sampling_rate, generators[0]))
+        indices = self.train_sampler(video.info.num_frames, self.num_frames, self.sampling_rate, generators[0])
+        frames = video.frames(_checked(indices, self.num_frames, "train_sampler"))
         views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 
@@ -165,8 +198,10 @@ class ClipDataset(Dataset):
         if self.train:
             return self._train_clips(video, index)
         clip_index, crop_index = divmod(view, self.num_crops)
-        indices = uniform_clips(total, self.num_frames, self.sampling_rate, self.num_clips)[clip_index]
-        return self.transform(video.frames(indices), crop_index)
+        clips = self.test_sampler(total, self.num_frames, self.sampling_rate, self.num_clips)
+        if len(clips) != self.num_clips:
+            raise ValueError(f"test_sampler gave {len(clips)} clips, expected num_clips={self.num_clips}")
+        return self.transform(video.frames(_checked(clips[clip_index], self.num_frames, "test_sampler")), crop_index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         video_index, view = divmod(index, self.num_views)

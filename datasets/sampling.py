@@ -3,13 +3,25 @@
 Training randomness is per sample: :func:`sample_generator` seeds a generator from
 ``(seed, epoch, index, repeat)`` only, so a sample's clip does not depend on the DataLoader
 worker that loads it, the number of workers, the rank, or a restart.
+
+A sampler is any function of the signature of :data:`TrainSampler` (:func:`random_clip`) or
+:data:`TestSampler` (:func:`uniform_clips`); :class:`~softpool3d.datasets.ClipDataset` takes one
+of each.
 """
 from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Callable, Sequence
 
 import torch
+
+TrainSampler = Callable[[int, int, int, torch.Generator], Sequence[int]]
+"""``(total, num_frames, sampling_rate, generator) -> frame indices`` of one training clip, every
+random choice drawn from ``generator``; ``total`` is the video's frame count."""
+
+TestSampler = Callable[[int, int, int, int], Sequence[Sequence[int]]]
+"""``(total, num_frames, sampling_rate, num_clips) -> num_clips lists of frame indices``, deterministic."""
 
 
 def clip_span(num_frames: int, sampling_rate: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from softpool3d.datasets import AnnotationError, load_annotations
-from softpool3d.datasets import annotations as parsers
+from softpool3d.datasets.kinetics import Kinetics
 
 
 def _touch(path: Path) -> None:
@@ -64,6 +64,9 @@ def test_published_kinetics_folder_loads_train_and_val(tmp_path, caplog, nested)
     assert train.videos[0] == folder / f"{first[1]}_{first[2]:06d}_{first[3]:06d}.mp4"
     assert [p.name for p in val.videos] == ["va000000001_000003_000013.mp4", "va000000002_000000_000010.mp4"]
     assert list(val.labels) == [0, 2]
+    for alias in ("kinetics600", "kinetics400"):  # the same published format under its other names
+        same = load_annotations(alias, tmp_path, "val")
+        assert list(same.videos) == list(val.videos) and same.labels == val.labels and same.classes == classes
 
 
 def test_kinetics_test_split_without_labels_says_they_were_never_published(tmp_path):
@@ -195,13 +198,13 @@ def test_second_start_reads_the_cache_until_annotations_or_videos_change(tmp_pat
     _kinetics(tmp_path)
     first = load_annotations("kinetics700", tmp_path, "train")
     calls = []
-    original = parsers.parse_kinetics
+    original = Kinetics.parse
 
     def counted(*args):
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr("softpool3d.datasets.builder.parse_kinetics", counted)
+    monkeypatch.setattr(Kinetics, "parse", counted)
     second = load_annotations("kinetics700", tmp_path, "train")
     assert calls == [] and list(second.videos) == list(first.videos) and second.labels == first.labels
     assert second.classes == first.classes and second.missing == first.missing == 1
