@@ -24,7 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import softpool3d
-from softpool3d import datasets, models, optim
+from softpool3d import datasets, models
+from softpool3d.optim import OPTIMIZERS
 
 
 def _config_dir() -> Path:
@@ -181,7 +182,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     return {
         "model.name": tuple(models.list_models()),
         "model.pool": tuple(models.POOL_KINDS),
-        "optim.name": tuple(optim.OPTIMIZERS),
+        "optim.name": tuple(OPTIMIZERS),
         "data.dataset": tuple(datasets.DATASET_NAMES),
         "data.train_split": splits,
         "data.val_split": splits,

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from softpool3d import datasets, models, optim
+from softpool3d import datasets, models
 from softpool3d.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, config_layers, find_config, load_config
+from softpool3d.optim import OPTIMIZERS
 
 REPO = Path(__file__).resolve().parent.parent
 SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "resolved_configs"
@@ -136,7 +137,7 @@ def test_a_file_that_exists_wins_over_a_shipped_config_of_that_name(tmp_path, mo
 
 def test_allowed_names_are_the_registries(monkeypatch):
     """A name registered after import is accepted; every registered name is."""
-    monkeypatch.setitem(optim.OPTIMIZERS, "lion", optim.OPTIMIZERS["sgd"])
+    monkeypatch.setitem(OPTIMIZERS, "lion", OPTIMIZERS["sgd"])
     assert load_config(None, ["optim.name=lion"]).optim.name == "lion"
     monkeypatch.setattr(datasets, "DATASET_NAMES", (*datasets.DATASET_NAMES, "something_v2"))
     assert load_config(None, ["data.dataset=something_v2"]).data.dataset == "something_v2"
