@@ -1,4 +1,4 @@
-"""Command lines of ``tools/train.py`` and ``tools/test.py``.
+"""Command lines of ``softpool3d-train`` / ``tools/train.py`` and ``softpool3d-test`` / ``tools/test.py``.
 
 A user error (a bad config value, a missing file, a damaged checkpoint, bad data, ...: the types in
 :data:`USER_ERRORS`) ends the command with one ``ERROR`` line naming the file, key or value and
@@ -67,9 +67,11 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``train.py [CONFIG] [key=value ...]``; CONFIG defaults to ``configs/demo.yaml``."""
+    """``softpool3d-train [CONFIG] [key=value ...]``; CONFIG is a YAML file or the name of a shipped
+    config (e.g. ``ucf101/x3d_s_soft``), by default the demo."""
     parser = argparse.ArgumentParser(description="Train a video action recognizer (run under torchrun for DDP).")
-    parser.add_argument("config", nargs="?", default=None, help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="a YAML file, or the name of a shipped config such as ucf101/x3d_s_soft (default: demo)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 train.epochs=3")
     _add_debug(parser)
     args = parser.parse_args(argv)
@@ -101,7 +103,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``test.py CHECKPOINT [--out DIR] [key=value ...]``."""
+    """``softpool3d-test CHECKPOINT [--out DIR] [key=value ...]``."""
     parser = argparse.ArgumentParser(description="Multi-view evaluation of a checkpoint (run under torchrun for DDP).")
     parser.add_argument("checkpoint", help="a checkpoint written by tools/train.py (e.g. runs/demo/checkpoints/best.pt)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.num_clips=5 data.root=...")

@@ -1,10 +1,14 @@
 """The run configuration: a structured OmegaConf schema, YAML files and ``key=value`` overrides.
 
-``load_config(path, overrides)`` merges ``configs/*.yaml`` into the schema below; a key the
-schema lacks, a value of the wrong type or out of range, or an unknown name raises
-:class:`ConfigError` naming the key, the value and the file (or the override), before any data
-or model is built. ``check_runnable`` adds the checks that depend on this machine (paths that
-must exist, a CUDA device). ``save_config`` writes the resolved config into the run directory.
+``load_config(path, overrides)`` merges a recipe (``configs/<dataset>/<recipe>.yaml``) into the
+schema below; a key the schema lacks, a value of the wrong type or out of range, or an unknown
+name raises :class:`ConfigError` naming the key, the value and the file (or the override), before
+any data or model is built. A recipe names its bases in a ``defaults:`` list of paths relative to
+itself; they are merged in order, bases of bases first, and the file's own keys last (see
+:func:`config_layers`). Model, pool, dataset and optimizer names are checked against the
+registries of ``softpool3d.models``, ``softpool3d.datasets`` and ``softpool3d.optim``.
+``check_runnable`` adds the checks that depend on this machine (paths that must exist, a CUDA
+device). ``save_config`` writes the resolved config into the run directory.
 """
 from __future__ import annotations
 
@@ -16,12 +20,26 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from softpool3d.models import list_models
+import softpool3d
+from softpool3d import datasets, models
+from softpool3d.optim import OPTIMIZERS
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+def _config_dir() -> Path:
+    """The shipped configs: ``softpool3d/configs`` in an installed package (package data), else the
+    source checkout's top-level ``configs/`` beside the ``softpool3d/`` folder."""
+    package = Path(softpool3d.__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+BASES_KEY = "defaults"
+"""The key of a config file that lists its bases (paths relative to the file)."""
 
 
 @dataclass
@@ -157,17 +175,22 @@ class ConfigError(ValueError):
     """A config file or override does not fit the schema."""
 
 
-_CHOICES = {
-    "model.pool": ("soft", "max", "avg"),
-    "optim.name": ("sgd", "adamw"),
-    "train.amp": ("auto", "none", "bf16", "fp16"),
-    "train.nonfinite": ("stop", "skip"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "data.dataset": ("kinetics700", "ucf101", "hmdb51", "custom"),
-    "data.train_split": ("train", "val", "test"),
-    "data.val_split": ("train", "val", "test"),
-    "data.test_split": ("train", "val", "test"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each name-valued key. Model, pool, optimizer and dataset names are read
+    from their registries when a config is checked, so a model registered after import is accepted."""
+    splits = ("train", "val", "test")
+    return {
+        "model.name": tuple(models.list_models()),
+        "model.pool": tuple(models.POOL_KINDS),
+        "optim.name": tuple(OPTIMIZERS),
+        "data.dataset": tuple(datasets.DATASET_NAMES),
+        "data.train_split": splits,
+        "data.val_split": splits,
+        "data.test_split": splits,
+        "train.amp": ("auto", "none", "bf16", "fp16"),
+        "train.nonfinite": ("stop", "skip"),
+        "train.device": ("auto", "cpu", "cuda"),
+    }
 
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
@@ -236,7 +259,7 @@ _LISTS = {
 
 def _check(cfg: DictConfig, source: str) -> None:
     """Range-check every value of ``cfg``; raise :class:`ConfigError` naming key, value and ``source``."""
-    for key, choices in _CHOICES.items():
+    for key, choices in _choices().items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
@@ -262,9 +285,6 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: optim.betas={list(cfg.optim.betas)} must each be in [0, 1)")
     if cfg.model.width is not None and cfg.model.width < 1:
         raise ConfigError(f"{source}: model.width={cfg.model.width} must be >= 1 (or null for the model's default)")
-    if cfg.model.name not in list_models():
-        raise ConfigError(f"{source}: model.name={cfg.model.name!r} is not a known model; available: "
-                          f"{', '.join(list_models())}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"{source}: name={cfg.name!r} must be a non-empty folder name (no '/')")
 
@@ -305,16 +325,60 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> 
     return cfg
 
 
-def load_config(path: Union[str, os.PathLike, None] = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Read YAML ``path`` (default ``configs/demo.yaml``) into the schema and apply ``key=value`` overrides."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+def find_config(path: Union[str, os.PathLike]) -> Path:
+    """The config file ``path``: a file that exists is used as given; otherwise ``path`` is looked up
+    among the shipped configs, e.g. ``ucf101/x3d_s_soft.yaml``, ``ucf101/x3d_s_soft`` or ``demo``."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    for candidate in (CONFIG_DIR / given, CONFIG_DIR / f"{given}.yaml"):
+        if not given.is_absolute() and candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file {path} does not exist, here or among the shipped configs in {CONFIG_DIR} "
+                      f"(e.g. demo, ucf101/x3d_s_soft.yaml)")
+
+
+def _read_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml.YAMLError and OmegaConf's own errors
         raise ConfigError(f"{path}: cannot parse YAML: {error}") from None
-    cfg = _merge(OmegaConf.structured(Config), loaded, str(path))
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, not a {type(loaded).__name__}")
+    return loaded
+
+
+def config_layers(path: Union[str, os.PathLike], _chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """The files that make up config ``path`` in merge order, each with its own keys (its
+    ``defaults:`` list removed): the bases of each base first, then the bases in the order the
+    ``defaults:`` list names them, then ``path`` itself. A missing base or a cycle raises
+    :class:`ConfigError` naming the file that refers to it."""
+    path = Path(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(link) for link in _chain[_chain.index(path):] + (path,))
+        raise ConfigError(f"{_chain[-1]}: base cycle: {cycle}")
+    own = _read_yaml(path)
+    bases = own.pop(BASES_KEY, [])
+    if not isinstance(bases, (list, ListConfig)) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: {BASES_KEY} must be a list of config file paths relative to this file, "
+                          f"got {bases!r}")
+    layers: list[tuple[Path, DictConfig]] = []
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base {base!r} does not exist (looked for {base_path.resolve()})")
+        layers.extend(config_layers(base_path, _chain + (path,)))
+    layers.append((path, own))
+    return layers
+
+
+def load_config(path: Union[str, os.PathLike, None] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read config ``path`` (default: the demo; see :func:`find_config`) with its bases into the schema
+    and apply ``key=value`` overrides."""
+    path = find_config(path) if path is not None else DEFAULT_CONFIG
+    cfg = OmegaConf.structured(Config)
+    for layer_path, own in config_layers(path):
+        cfg = _merge(cfg, own, str(layer_path))
     return _apply_overrides(cfg, overrides, str(path))
 
 

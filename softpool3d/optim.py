@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -19,12 +20,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """``cfg`` is the ``optim`` section: ``name`` (sgd | adamw), ``lr``, ``momentum``, ``betas``, ``weight_decay``."""
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+def _sgd(groups: list[dict], cfg: DictConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def _adamw(groups: list[dict], cfg: DictConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], DictConfig], torch.optim.Optimizer]] = {"sgd": _sgd, "adamw": _adamw}
+"""The values of ``optim.name``: name -> builder from parameter groups and the ``optim`` section."""
+
+
+def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    """``cfg`` is the ``optim`` section: ``name`` (one of :data:`OPTIMIZERS`), ``lr``, ``momentum``,
+    ``nesterov``, ``betas``, ``weight_decay``."""
+    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay), cfg)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start_factor: float, min_factor: float) -> float:

@@ -50,7 +50,7 @@ def trained(demo_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("override,needles", [
-    ("model.name=resnet9000", ["model.name='resnet9000'", "available"]),
+    ("model.name=resnet9000", ["model.name='resnet9000'", "is not one of", "r3d_18"]),
     ("data.train_scale=128", ["data.train_scale", "list of two ints"]),
     ("data.test_batch_size=0", ["data.test_batch_size=0", ">= 1"]),
     ("data.num_clips=0", ["data.num_clips=0"]),
