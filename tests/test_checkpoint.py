@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import softpool3d
-from softpool3d import cli
-from softpool3d.checkpoint import (
+from softpool3d.engine import cli
+from softpool3d.engine.checkpoint import (
     CheckpointError,
     git_commit,
     load_checkpoint,
@@ -70,8 +70,8 @@ def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tm
     meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "last.pt"))["meta"]
     assert meta["softpool3d"] == softpool3d.__version__
     assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
-    if shutil.which("git") and (softpool3d.checkpoint._SOURCE_TREE / ".git").exists():
-        head = subprocess.run(["git", "-C", str(softpool3d.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
+    if shutil.which("git") and (softpool3d.engine.checkpoint._SOURCE_TREE / ".git").exists():
+        head = subprocess.run(["git", "-C", str(softpool3d.engine.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
         assert meta["git_commit"] == head
 

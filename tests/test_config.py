@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from softpool3d import builders
-from softpool3d.builders import build_model
-from softpool3d.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
+from softpool3d.engine import builders
+from softpool3d.engine.builders import build_model
+from softpool3d.engine.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
 from softpool3d.models import list_models
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))

@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from softpool3d import builders
-from softpool3d.checkpoint import load_checkpoint
-from softpool3d.config import ConfigError, check_runnable, from_container
+from softpool3d.engine import builders
+from softpool3d.engine.checkpoint import load_checkpoint
+from softpool3d.engine.config import ConfigError, check_runnable, from_container
 from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
-from softpool3d.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
+from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from softpool3d.models import list_models
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """The training loop: DDP under torchrun (one process without it), AMP, accumulation, clipping,
 validation, TensorBoard, atomic checkpoints and exact resume.
 
-``train(cfg)`` runs a whole job: claim the run directory (:mod:`softpool3d.run_lock`),
+``train(cfg)`` runs a whole job: claim the run directory (:mod:`softpool3d.engine.run_lock`),
 optionally generate the demo videos, train ``train.epochs`` epochs with validation every
 ``train.val_every`` epochs (clip top-1/top-5), then evaluate the test split with
 ``data.num_clips x data.num_crops`` views per video. Non-finite steps are handled by
-:mod:`softpool3d.nonfinite`. After a torchrun restart (``--max-restarts``) the job resumes from
+:mod:`softpool3d.engine.nonfinite`. After a torchrun restart (``--max-restarts``) the job resumes from
 its ``last.pt`` by itself.
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from softpool3d import builders
-from softpool3d.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from softpool3d.config import ConfigError, run_dir, save_config, to_container
+from softpool3d.engine import builders
+from softpool3d.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
 from softpool3d.datasets import freeze_inherited_objects
-from softpool3d.distributed import (
+from softpool3d.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
     all_gather_objects,
@@ -46,12 +46,12 @@ from softpool3d.distributed import (
     init_distributed,
     restart_count,
 )
-from softpool3d.evaluate import EvalResult, evaluate, report_left_out, write_predictions
-from softpool3d.metrics import confusion_image
-from softpool3d.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
-from softpool3d.optim import build_optimizer, build_scheduler
-from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
-from softpool3d.summary import log_startup_summary, split_label
+from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out, write_predictions
+from softpool3d.engine.metrics import confusion_image
+from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
+from softpool3d.engine.optim import build_optimizer, build_scheduler
+from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.summary import log_startup_summary, split_label
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from softpool3d.checkpoint import CheckpointError, has_digest, load_checkpoint
-from softpool3d.config import ConfigError
-from softpool3d.config import run_dir
+from softpool3d.engine.checkpoint import CheckpointError, has_digest, load_checkpoint
+from softpool3d.engine.config import ConfigError
+from softpool3d.engine.config import run_dir
 from softpool3d.datasets import ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
