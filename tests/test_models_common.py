@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from softpool3d.models import build_model, default_clip_size, freeze_stages, list_models, load_pretrained
-from softpool3d.models.benchmark import time_train_step
+from softpool3d.benchmarks.models import time_train_step
 from softpool3d.models.complexity import PUBLISHED, count_complexity
 from softpool3d.models.weights import FrozenBatchNorm3d
 
