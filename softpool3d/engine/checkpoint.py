@@ -18,6 +18,7 @@ a comment), without the check.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import random
@@ -33,6 +34,7 @@ from torch import nn
 
 import softpool3d
 
+logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
 _DIGEST_PREFIX = b"softpool3d-sha256:"
@@ -281,10 +283,18 @@ def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sche
 
 
 def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike], model: nn.Module,
-                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> Progress:
-    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects; returns its
-    :class:`Progress`. The RNG states are left to the caller, which knows its rank."""
+                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int = 0,
+                     world_size: int = 1) -> Progress:
+    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects and this
+    process's RNGs (rank ``rank``'s states, when the checkpoint has one per process of a
+    ``world_size``-process run; otherwise a warning); returns its :class:`Progress`."""
     load_model_state(model, checkpoint, path)
+    states = checkpoint.get("rng") or []
+    if len(states) == world_size:
+        set_rng_state(states[rank])
+    else:
+        logger.warning("checkpoint %s has RNG states of %d processes, this run has %d: RNG not restored",
+                       path, len(states), world_size)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler") is not None:

@@ -37,7 +37,6 @@ from softpool3d.engine.checkpoint import (
     restore_training,
     rng_state,
     save_checkpoint,
-    set_rng_state,
     training_checkpoint,
 )
 from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
@@ -53,7 +52,7 @@ from softpool3d.engine.distributed import (
     restart_count,
 )
 from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out, test_model
-from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
+from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_training_state
 from softpool3d.engine.optim import build_optimizer, build_scheduler
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
 from softpool3d.engine.summary import log_startup_summary, split_label
@@ -75,6 +74,16 @@ class TrainResult:
     val_top1: Optional[float]
     test: Optional[EvalResult]
     skipped_steps: int = 0
+
+    def metrics(self, world_size: int) -> dict:
+        """What ``metrics.json`` holds."""
+        test = self.test
+        return {"step": self.step, "world_size": world_size, "clips_per_s": self.clips_per_s,
+                "skipped_steps": self.skipped_steps, "val_top1": self.val_top1,
+                "test_top1": test.top1 if test else None,
+                "test_top5": test.top5 if test else None, "test_videos": test.num_videos if test else None,
+                "test_total_videos": test.total_videos if test else None,
+                "test_left_out": test.left_out if test else None}
 
 
 @dataclass
@@ -205,15 +214,10 @@ class _Trainer:
         checkpoint = load_checkpoint(path)
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.cfg.data.root}")
-        self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                         self.dist.rank, self.dist.world_size)
         self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
         self.guard.last_checkpoint = (path, self.progress.step)
-        states = checkpoint.get("rng") or []
-        if len(states) == self.dist.world_size:
-            set_rng_state(states[self.dist.rank])
-        else:
-            logger.warning("checkpoint %s has RNG states of %d processes, this run has %d: RNG not restored",
-                           path, len(states), self.dist.world_size)
         logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
 
     def _checkpoint(self, name: str) -> Path:
@@ -223,12 +227,7 @@ class _Trainer:
         tensor of rank 0 holds a NaN or an inf.
         """
         path = self.checkpoint_dir / f"{name}.pt"
-        bad = None
-        if self.dist.is_main:
-            bad = nonfinite_tensors([(f"model {key}", value) for key, value in self.model.state_dict().items()])
-            bad += nonfinite_tensors([(f"optimizer state {index} {key}", value)
-                                      for index, entry in self.optimizer.state_dict()["state"].items()
-                                      for key, value in entry.items() if isinstance(value, torch.Tensor)])
+        bad = nonfinite_training_state(self.model, self.optimizer) if self.dist.is_main else None
         gathered = all_gather_objects((rng_state(), bad))
         states, bad = [state for state, _ in gathered], gathered[0][1]
         if bad:
@@ -273,13 +272,7 @@ class _Trainer:
             logger.warning("%d of %d steps were skipped as non-finite (train.nonfinite=skip)", self.guard.skipped,
                            result.step)
         if self.dist.is_main:
-            summary = {"step": result.step, "world_size": self.dist.world_size, "clips_per_s": result.clips_per_s,
-                       "skipped_steps": self.guard.skipped, "val_top1": val_top1,
-                       "test_top1": test.top1 if test else None,
-                       "test_top5": test.top5 if test else None, "test_videos": test.num_videos if test else None,
-                       "test_total_videos": test.total_videos if test else None,
-                       "test_left_out": test.left_out if test else None}
-            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            (self.run_dir / "metrics.json").write_text(json.dumps(result.metrics(self.dist.world_size), indent=2))
         return result
 
     def _train_epoch(self) -> None:
