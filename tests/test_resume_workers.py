@@ -73,6 +73,7 @@ def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
 
 @pytest.mark.slow
 def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path):
-    cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2"])
+    cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2",
+                             "data.val_fraction=0", "data.val_split=test"])  # no val groups carved from train
     result = train(cfg)
     assert result.step == 32 // 4  # 32 training videos, batch 4: steps per epoch unchanged by repeat_aug
