@@ -13,7 +13,7 @@ import torch
 
 from softpool3d.engine import builders, cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(demo_root, output_dir, name="run", *extra):

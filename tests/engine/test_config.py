@@ -12,7 +12,7 @@ from softpool3d.engine.builders import build_model
 from softpool3d.engine.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
 from softpool3d.models import list_models
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
 
 
 def test_shipped_configs_are_found():
