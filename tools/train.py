@@ -4,7 +4,7 @@ Without arguments: the demo config (generated demo videos, r3d_18 with SoftPool 
 """
 import sys
 
-from softpool3d.cli import train_main
+from softpool3d.engine.cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

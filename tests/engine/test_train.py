@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from softpool3d import builders, cli, train as train_module
-from softpool3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softpool3d.config import load_config
-from softpool3d.nonfinite import NonFiniteGuard
-from softpool3d.optim import param_groups, warmup_cosine
-from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
-from softpool3d.train import NonFiniteLossError, seed_everything, train
+from softpool3d.engine import builders, cli, train as train_module
+from softpool3d.engine.callbacks import parameter_digest
+from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from softpool3d.engine.config import load_config
+from softpool3d.engine.nonfinite import NonFiniteGuard
+from softpool3d.engine.optim import param_groups, warmup_cosine
+from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.train import NonFiniteLossError, seed_everything, train
 
 
 class SyntheticClips(Dataset):
@@ -126,6 +127,27 @@ def test_fine_tuning_loads_backbone_new_head_and_freezes_stages(tmp_path, synthe
     frozen = [k for k in pretrained if k.startswith(("stem.", "layer1."))]
     assert frozen and all(torch.equal(tuned[k], pretrained[k]) for k in frozen)
     assert not torch.equal(tuned["layer2.0.conv1.0.weight"], pretrained["layer2.0.conv1.0.weight"])
+
+
+def test_step_callbacks_see_every_step_and_the_weights_after_it(tmp_path, synthetic):
+    seen = []
+    result = train(_cfg(tmp_path, "train.test_after_train=false"),
+                   step_callbacks=[lambda c: seen.append((c.step, c.epoch, c.rank, parameter_digest(c.model)))])
+    assert [(step, epoch, rank) for step, epoch, rank, _ in seen] == [(s, (s - 1) // 3, 0) for s in range(1, 7)]
+    assert len({digest for *_, digest in seen}) == 6  # every step changed the weights the callback saw
+    last = builders.build_architecture(_cfg(tmp_path), 3)
+    last.load_state_dict(load_checkpoint(result.last_checkpoint)["model"])
+    assert seen[-1][3] == parameter_digest(last)
+
+
+def test_testing_a_fine_tuned_checkpoint_needs_neither_its_pretrained_source_nor_its_freezing(tmp_path, synthetic):
+    source = train(_cfg(tmp_path / "src", "train.epochs=1", "train.test_after_train=false")).last_checkpoint
+    tuned = train(_cfg(tmp_path / "ft", "train.epochs=1", f"model.pretrained={source}", "model.freeze_stages=2"))
+    source.unlink()
+    assert cli.test_main([str(tuned.last_checkpoint), "--out", str(tmp_path / "out")]) == 0
+    tested, at_end = (json.loads((folder / "predictions.json").read_text())
+                      for folder in (tmp_path / "out", tmp_path / "ft" / "run" / "test"))
+    assert tested["top1"] == pytest.approx(tuned.test.top1) and tested["predictions"] == at_end["predictions"]
 
 
 def test_pretrained_checkpoint_of_ours_is_digest_checked(tmp_path):

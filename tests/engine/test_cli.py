@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d import builders, cli
+from softpool3d.engine import builders, cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(demo_root, output_dir, name="run", *extra):
@@ -67,7 +67,7 @@ def test_bad_value_is_one_error_line_exit_2(demo_root, tmp_path, caplog, overrid
 
 
 def test_range_errors_come_before_data_or_model_are_built(demo_root, tmp_path, caplog, monkeypatch):
-    from softpool3d import builders
+    from softpool3d.engine import builders
 
     def refuse(*args, **kwargs):
         raise AssertionError("built data or a model before checking the config")

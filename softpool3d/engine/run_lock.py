@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-from softpool3d.checkpoint import remove_stale_temporaries
+from softpool3d.engine.checkpoint import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 

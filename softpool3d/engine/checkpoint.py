@@ -1,8 +1,9 @@
 """Training checkpoints: one dict format, written atomically with a SHA-256 digest, with every RNG
 state for exact resume and what is needed to reproduce the run.
 
-A checkpoint holds ``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``scheduler``,
-``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
+The format is defined here once: :func:`training_checkpoint` assembles it, :func:`restore_training`
+and :func:`load_model_state` read it back. A checkpoint holds ``model`` (state dict, no ``module.``
+prefix), ``optimizer``, ``scheduler``, ``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
 ``step_in_epoch``, ``config`` (plain dict), ``classes``, ``rng`` (one entry per rank: python,
 numpy, torch and cuda states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
 ``consecutive_skips`` (non-finite steps skipped), and ``meta`` (:func:`provenance`: package
@@ -17,19 +18,23 @@ a comment), without the check.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import random
 import secrets
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Mapping, Optional, Union
 
 import numpy as np
 import torch
+from torch import nn
 
 import softpool3d
 
+logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
 _DIGEST_PREFIX = b"softpool3d-sha256:"
@@ -240,3 +245,73 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where a training run stands, as its checkpoint records it."""
+
+    epoch: int = 0  # the epoch in progress
+    step: int = 0  # optimizer steps done
+    step_in_epoch: int = 0
+    best_top1: float = -1.0
+    skipped_steps: int = 0  # non-finite steps skipped (train.nonfinite=skip), and how many in a row
+    consecutive_skips: int = 0
+
+
+def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                        progress: Progress, sampler_epoch: int, config: dict, classes: list[str],
+                        rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint of a training run (see the module docstring), ready for :func:`save_checkpoint`;
+    ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "step_in_epoch": progress.step_in_epoch,
+        "sampler_epoch": sampler_epoch,
+        "best_top1": progress.best_top1,
+        "config": config,
+        "classes": classes,
+        "rng": rng,
+        "skipped_steps": progress.skipped_steps,
+        "consecutive_skips": progress.consecutive_skips,
+    }
+
+
+def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike], model: nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int = 0,
+                     world_size: int = 1) -> Progress:
+    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects and this
+    process's RNGs (rank ``rank``'s states, when the checkpoint has one per process of a
+    ``world_size``-process run; otherwise a warning); returns its :class:`Progress`."""
+    load_model_state(model, checkpoint, path)
+    states = checkpoint.get("rng") or []
+    if len(states) == world_size:
+        set_rng_state(states[rank])
+    else:
+        logger.warning("checkpoint %s has RNG states of %d processes, this run has %d: RNG not restored",
+                       path, len(states), world_size)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    return Progress(checkpoint["epoch"], checkpoint["step"], checkpoint.get("step_in_epoch", 0),
+                    checkpoint.get("best_top1", -1.0), checkpoint.get("skipped_steps", 0),
+                    checkpoint.get("consecutive_skips", 0))
+
+
+def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
+    """Load ``checkpoint["model"]`` into ``model``; a checkpoint of another model or width raises
+    :class:`CheckpointError` naming the file and the model its stored config describes."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        stored = (checkpoint.get("config") or {}).get("model") or {}
+        held = f"model.name={stored.get('name')} model.width={stored.get('width')} model.pool={stored.get('pool')}"
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise CheckpointError(f"checkpoint {path} holds {held}, which does not fit this run's model "
+                              f"({first}); drop the model.* overrides or pass the checkpoint's values") from None

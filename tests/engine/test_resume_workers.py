@@ -8,9 +8,9 @@ import pytest
 import torch
 from test_engine_distributed import TOOLS, _run, _small
 
-from softpool3d.config import load_config
 from softpool3d.datasets import load_annotations
-from softpool3d.train import flatten_repeats, train
+from softpool3d.engine.config import load_config
+from softpool3d.engine.train import flatten_repeats, train
 
 # 24 training videos (32 minus the carved val), batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
 # step 7 (epoch 2, after its mid-epoch checkpoint at step 6).

@@ -35,6 +35,14 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [name for name, tensor in named if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
+def nonfinite_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the model's and the optimizer state's tensors that hold a NaN or an inf."""
+    return (nonfinite_tensors([(f"model {key}", value) for key, value in model.state_dict().items()])
+            + nonfinite_tensors([(f"optimizer state {index} {key}", value)
+                                 for index, entry in optimizer.state_dict()["state"].items()
+                                 for key, value in entry.items() if isinstance(value, torch.Tensor)]))
+
+
 @dataclass
 class NonFiniteGuard:
     """Applies ``policy`` (``stop`` | ``skip``) to each step; counts skipped steps.

@@ -5,15 +5,15 @@ import contextlib
 import functools
 import logging
 from pathlib import Path
-from typing import Any, ContextManager, Mapping, Union
+from typing import ContextManager
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from softpool3d.checkpoint import CheckpointError, has_digest, load_checkpoint
-from softpool3d.config import ConfigError
-from softpool3d.config import run_dir
+from softpool3d.engine.checkpoint import has_digest, load_checkpoint
+from softpool3d.engine.config import ConfigError
+from softpool3d.engine.config import run_dir
 from softpool3d.datasets import ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
@@ -62,14 +62,20 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
     )
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The ``model`` section's network with a ``num_classes``-way head; ``pretrained`` weights and
-    ``freeze_stages`` applied (a source of another class count gets a fresh head by the model's
-    ``reset_classifier``)."""
+def build_architecture(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The ``model`` section's network with a ``num_classes``-way head, freshly initialized (evaluation
+    then loads a checkpoint's weights into it)."""
     kwargs = {"dropout": cfg.model.dropout}
     if cfg.model.width is not None:
         kwargs["width"] = cfg.model.width
-    model = build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
+    return build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """:func:`build_architecture` with the weights training starts from: ``pretrained`` weights and
+    ``freeze_stages`` applied (a source of another class count gets a fresh head by the model's
+    ``reset_classifier``)."""
+    model = build_architecture(cfg, num_classes)
     if cfg.model.pretrained:
         source = cfg.model.pretrained  # a checkpoint of ours is read, digest checked, by load_checkpoint
         try:
@@ -82,19 +88,6 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     if cfg.model.freeze_stages:
         freeze_stages(model, cfg.model.freeze_stages)
     return model
-
-
-def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Union[str, Path]) -> None:
-    """Load ``checkpoint["model"]`` into ``model``; a checkpoint of another model or width raises
-    :class:`CheckpointError` naming the file and the model its stored config describes."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        stored = (checkpoint.get("config") or {}).get("model") or {}
-        held = f"model.name={stored.get('name')} model.width={stored.get('width')} model.pool={stored.get('pool')}"
-        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-        raise CheckpointError(f"checkpoint {path} holds {held}, which does not fit this run's model "
-                              f"({first}); drop the model.* overrides or pass the checkpoint's values") from None
 
 
 @functools.lru_cache(maxsize=None)

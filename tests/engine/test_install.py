@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import setuptools
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "softpool3d", "models", "datasets", "configs")
 """What setup.cfg builds the package from."""
 
@@ -60,7 +60,7 @@ def test_installed_console_scripts_run_the_demo_in_an_empty_folder(tmp_path):
 
     work = tmp_path / "empty"
     work.mkdir()
-    where = _run([str(python), "-c", "import softpool3d, softpool3d.config as c; print(softpool3d.__file__); "
+    where = _run([str(python), "-c", "import softpool3d, softpool3d.engine.config as c; print(softpool3d.__file__); "
                   "print(c.DEFAULT_CONFIG)"], work, env).stdout.split()
     installed = purelib / "softpool3d"
     assert where == [str(installed / "__init__.py"), str(installed / "configs" / "demo.yaml")]

@@ -1,27 +1,25 @@
 """The training loop: DDP under torchrun (one process without it), AMP, accumulation, clipping,
 validation, TensorBoard, atomic checkpoints and exact resume.
 
-``train(cfg)`` runs a whole job: claim the run directory (:mod:`softpool3d.run_lock`),
+``train(cfg)`` runs a whole job: claim the run directory (:mod:`softpool3d.engine.run_lock`),
 optionally generate the demo videos, train ``train.epochs`` epochs with validation every
 ``train.val_every`` epochs (clip top-1/top-5), then evaluate the test split with
 ``data.num_clips x data.num_crops`` views per video. Non-finite steps are handled by
-:mod:`softpool3d.nonfinite`. After a torchrun restart (``--max-restarts``) the job resumes from
+:mod:`softpool3d.engine.nonfinite`. After a torchrun restart (``--max-restarts``) the job resumes from
 its ``last.pt`` by itself.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import logging
-import os
 import random
-import signal
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,14 +27,21 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from softpool3d import builders
-from softpool3d.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from softpool3d.config import ConfigError, run_dir, save_config, to_container
+from softpool3d.engine import builders
+from softpool3d.engine.callbacks import StepCallback, StepContext, debug_callbacks
+from softpool3d.engine.checkpoint import (
+    Progress,
+    load_checkpoint,
+    restore_training,
+    rng_state,
+    save_checkpoint,
+    training_checkpoint,
+)
+from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
 from softpool3d.datasets import freeze_inherited_objects
-from softpool3d.distributed import (
+from softpool3d.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
     all_gather_objects,
@@ -46,12 +51,12 @@ from softpool3d.distributed import (
     init_distributed,
     restart_count,
 )
-from softpool3d.evaluate import EvalResult, evaluate, report_left_out, write_predictions
-from softpool3d.metrics import confusion_image
-from softpool3d.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_tensors
-from softpool3d.optim import build_optimizer, build_scheduler
-from softpool3d.run_lock import RunDirError, RunLock, claim_run_dir
-from softpool3d.summary import log_startup_summary, split_label
+from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out, test_model
+from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_training_state
+from softpool3d.engine.optim import build_optimizer, build_scheduler
+from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.summary import log_startup_summary, split_label
+from softpool3d.engine.tensorboard_log import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +75,21 @@ class TrainResult:
     test: Optional[EvalResult]
     skipped_steps: int = 0
 
+    def metrics(self, world_size: int) -> dict:
+        """What ``metrics.json`` holds."""
+        test = self.test
+        return {"step": self.step, "world_size": world_size, "clips_per_s": self.clips_per_s,
+                "skipped_steps": self.skipped_steps, "val_top1": self.val_top1,
+                "test_top1": test.top1 if test else None,
+                "test_top5": test.top5 if test else None, "test_videos": test.num_videos if test else None,
+                "test_total_videos": test.total_videos if test else None,
+                "test_left_out": test.left_out if test else None}
+
 
 @dataclass
-class _State:
-    epoch: int = 0
-    step: int = 0
-    step_in_epoch: int = 0
-    best_top1: float = -1.0
+class _Throughput:
+    """Clips trained and seconds taken by this process's steps after its first."""
+
     clips: int = 0
     seconds: float = 0.0
 
@@ -88,31 +101,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in order (equal digests = equal weights).
-
-    Buffers are left out: under DDP each rank's BatchNorm statistics follow its own batches
-    until the next forward pass broadcasts rank 0's.
-    """
-    digest = hashlib.sha256()
-    for tensor in model.parameters():
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def flatten_repeats(clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``repeat_aug`` batch ``(N, k, C, T, H, W)`` with labels ``(N,)`` -> ``(N * k, C, T, H, W)`` and
     ``(N * k,)``: video ``n``'s clips stay together, each with its video's label."""
     return clips.flatten(0, 1), labels.repeat_interleave(clips.shape[1])
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one)."""
+def train(cfg: DictConfig, step_callbacks: Sequence[StepCallback] = ()) -> TrainResult:
+    """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one).
+
+    After every optimizer step the loop calls the ``debug`` section's callbacks
+    (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``.
+    """
     dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     lock = None
     try:
         lock = _claim_run_dir(cfg, dist_info)
-        return _Trainer(cfg, dist_info).run()
+        return _Trainer(cfg, dist_info, [*debug_callbacks(cfg.debug), *step_callbacks]).run()
     finally:
         if lock is not None:
             lock.release()
@@ -135,8 +140,8 @@ def _claim_run_dir(cfg: DictConfig, dist_info: DistInfo) -> Optional[RunLock]:
 
 
 class _Trainer:
-    def __init__(self, cfg: DictConfig, dist_info: DistInfo) -> None:
-        self.cfg, self.dist = cfg, dist_info
+    def __init__(self, cfg: DictConfig, dist_info: DistInfo, step_callbacks: Sequence[StepCallback]) -> None:
+        self.cfg, self.dist, self.step_callbacks = cfg, dist_info, list(step_callbacks)
         self.device = dist_info.device
         self.run_dir = run_dir(cfg)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -180,7 +185,7 @@ class _Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        self.state = _State()
+        self.progress, self.throughput = Progress(), _Throughput()
         self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_consecutive_skips)
         self.float_buffers = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
         self._resume()
@@ -189,7 +194,7 @@ class _Trainer:
             if dist_info.distributed
             else self.model
         )
-        self.writer = SummaryWriter(str(self.tensorboard_dir)) if dist_info.is_main else None
+        self.board = TensorBoardLog(self.tensorboard_dir, dist_info)
         self.warmed_up = False
         log_startup_summary(cfg, dist_info, {"train": self.train_set, "val": self.val_set, "test": self.test_set},
                             self.model, self.steps_per_epoch, self.amp, amp_reason)
@@ -209,23 +214,11 @@ class _Trainer:
         checkpoint = load_checkpoint(path)
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.cfg.data.root}")
-        builders.load_model_state(self.model, checkpoint, path)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if self.scaler is not None and checkpoint.get("scaler") is not None:
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.state = _State(checkpoint["epoch"], checkpoint["step"], checkpoint.get("step_in_epoch", 0),
-                            checkpoint.get("best_top1", -1.0))
-        self.guard.skipped = checkpoint.get("skipped_steps", 0)
-        self.guard.consecutive = checkpoint.get("consecutive_skips", 0)
-        self.guard.last_checkpoint = (path, self.state.step)
-        states = checkpoint.get("rng") or []
-        if len(states) == self.dist.world_size:
-            set_rng_state(states[self.dist.rank])
-        else:
-            logger.warning("checkpoint %s has RNG states of %d processes, this run has %d: RNG not restored",
-                           path, len(states), self.dist.world_size)
-        logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
+        self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                         self.dist.rank, self.dist.world_size)
+        self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
+        self.guard.last_checkpoint = (path, self.progress.step)
+        logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
 
     def _checkpoint(self, name: str) -> Path:
         """Write ``checkpoints/<name>.pt`` on rank 0 (collective: every rank contributes its RNG state).
@@ -234,79 +227,56 @@ class _Trainer:
         tensor of rank 0 holds a NaN or an inf.
         """
         path = self.checkpoint_dir / f"{name}.pt"
-        bad = None
-        if self.dist.is_main:
-            bad = nonfinite_tensors([(f"model {key}", value) for key, value in self.model.state_dict().items()])
-            bad += nonfinite_tensors([(f"optimizer state {index} {key}", value)
-                                      for index, entry in self.optimizer.state_dict()["state"].items()
-                                      for key, value in entry.items() if isinstance(value, torch.Tensor)])
+        bad = nonfinite_training_state(self.model, self.optimizer) if self.dist.is_main else None
         gathered = all_gather_objects((rng_state(), bad))
         states, bad = [state for state, _ in gathered], gathered[0][1]
         if bad:
             raise NonFiniteLossError(
-                f"refusing to write {path} at step {self.state.step}: {len(bad)} tensor(s) hold NaN/inf, first "
+                f"refusing to write {path} at step {self.progress.step}: {len(bad)} tensor(s) hold NaN/inf, first "
                 f"{bad[0]}; {self.guard.last_good()}"
             )
         if self.dist.is_main:
-            save_checkpoint({
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "epoch": self.state.epoch,
-                "step": self.state.step,
-                "step_in_epoch": self.state.step_in_epoch,
-                "sampler_epoch": self.sampler.epoch,
-                "best_top1": self.state.best_top1,
-                "config": to_container(self.cfg),
-                "classes": self.classes,
-                "rng": states,
-                "skipped_steps": self.guard.skipped,
-                "consecutive_skips": self.guard.consecutive,
-            }, path)
+            progress = dataclasses.replace(self.progress, skipped_steps=self.guard.skipped,
+                                           consecutive_skips=self.guard.consecutive)
+            save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, progress,
+                                                self.sampler.epoch, to_container(self.cfg), self.classes, states),
+                            path)
         if name == "last":
-            self.guard.last_checkpoint = (path, self.state.step)
+            self.guard.last_checkpoint = (path, self.progress.step)
         return path
 
     def run(self) -> TrainResult:
         cfg = self.cfg
         val_top1 = None
         last = self.checkpoint_dir / "last.pt"
-        while self.state.epoch < cfg.train.epochs:
+        while self.progress.epoch < cfg.train.epochs:
             self._train_epoch()
-            epoch = self.state.epoch
-            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+            epoch = self.progress.epoch
+            self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
             if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
                 val_top1 = self._validate(epoch)
-                if val_top1 > self.state.best_top1:
-                    self.state.best_top1 = val_top1
+                if val_top1 > self.progress.best_top1:
+                    self.progress.best_top1 = val_top1
                     self._checkpoint("best")
             last = self._checkpoint("last")
         test = self._test() if cfg.train.test_after_train else None
-        if self.writer is not None:
-            self.writer.close()
+        self.board.close()
         best = self.checkpoint_dir / "best.pt"
         result = TrainResult(
             run_dir=self.run_dir, last_checkpoint=last, best_checkpoint=best if best.is_file() else None,
-            tensorboard_dir=self.tensorboard_dir, step=self.state.step,
-            clips_per_s=self.state.clips / self.state.seconds if self.state.seconds else 0.0,
+            tensorboard_dir=self.tensorboard_dir, step=self.progress.step,
+            clips_per_s=self.throughput.clips / self.throughput.seconds if self.throughput.seconds else 0.0,
             val_top1=val_top1, test=test, skipped_steps=self.guard.skipped,
         )
         if self.guard.skipped:
             logger.warning("%d of %d steps were skipped as non-finite (train.nonfinite=skip)", self.guard.skipped,
                            result.step)
         if self.dist.is_main:
-            summary = {"step": result.step, "world_size": self.dist.world_size, "clips_per_s": result.clips_per_s,
-                       "skipped_steps": self.guard.skipped, "val_top1": val_top1,
-                       "test_top1": test.top1 if test else None,
-                       "test_top5": test.top5 if test else None, "test_videos": test.num_videos if test else None,
-                       "test_total_videos": test.total_videos if test else None,
-                       "test_left_out": test.left_out if test else None}
-            (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            (self.run_dir / "metrics.json").write_text(json.dumps(result.metrics(self.dist.world_size), indent=2))
         return result
 
     def _train_epoch(self) -> None:
-        cfg, state = self.cfg, self.state
+        cfg, state = self.cfg, self.progress
         accumulate, batch_size, repeats = cfg.train.accumulate, cfg.data.batch_size, cfg.data.repeat_aug
         self.sampler.set_epoch(state.epoch)
         self.train_set.set_epoch(state.epoch)  # per-sample clip randomness keyed on (seed, epoch, index, repeat)
@@ -343,16 +313,13 @@ class _Trainer:
             state.step += 1
             state.step_in_epoch += 1
             if self.warmed_up:  # the first step of a process (lazy init, JIT builds) is left out
-                state.clips += clips_per_step
-                state.seconds += elapsed
+                self.throughput.clips += clips_per_step
+                self.throughput.seconds += elapsed
             self.warmed_up = True
             bar.update(1)
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
-            if self.writer is not None:
-                self.writer.add_scalar("train/loss", loss_mean, state.step)
-                self.writer.add_scalar("train/lr", lr, state.step)
-                self.writer.add_scalar("train/clips_per_s", clips_per_s, state.step)
-                self.writer.add_scalar("train/data_wait_s", wait, state.step)
+            self.board.scalars({"train/loss": loss_mean, "train/lr": lr, "train/clips_per_s": clips_per_s,
+                                "train/data_wait_s": wait}, state.step)
             self._after_step()
         bar.close()
 
@@ -379,7 +346,7 @@ class _Trainer:
         loss_mean = float(summary[0]) / self.dist.world_size
         problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"),
                                                 summary[1:].tolist()) if count > 0]
-        where = (f"step {self.state.step + 1} (epoch {self.state.epoch + 1}, loss {loss_mean:.6g}, "
+        where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch + 1}, loss {loss_mean:.6g}, "
                  f"grad norm {float(norm):.6g})")
         if not self.guard.step_ok(problems, where):
             with torch.no_grad():
@@ -399,19 +366,12 @@ class _Trainer:
         return loss_mean
 
     def _after_step(self) -> None:
-        cfg, step = self.cfg, self.state.step
-        if cfg.debug.step_checksums:
-            path = self.run_dir / "debug" / f"rank{self.dist.rank}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as file:
-                file.write(json.dumps({"step": step, "digest": parameter_digest(self.model)}) + "\n")
-        every = cfg.train.checkpoint_every_steps
-        if every > 0 and step % every == 0 and self.state.step_in_epoch < self.steps_per_epoch:
+        every, step = self.cfg.train.checkpoint_every_steps, self.progress.step
+        if every > 0 and step % every == 0 and self.progress.step_in_epoch < self.steps_per_epoch:
             self._checkpoint("last")
-        if step == cfg.debug.kill_at_step and restart_count() == 0:
-            barrier()
-            if cfg.debug.kill_rank in (-1, self.dist.rank):
-                os.kill(os.getpid(), signal.SIGKILL)
+        context = StepContext(step, self.progress.epoch, self.dist.rank, self.model, self.run_dir)
+        for callback in self.step_callbacks:
+            callback(context)
 
     def _validate(self, epoch: int) -> float:
         cfg = self.cfg
@@ -421,24 +381,11 @@ class _Trainer:
             report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
         logger.info("epoch %d: %s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
                     100 * result.top1, 100 * result.top5, result.coverage)
-        if self.writer is not None:
-            self.writer.add_scalar("val/top1", result.top1, self.state.step)
-            self.writer.add_scalar("val/top5", result.top5, self.state.step)
-            self.writer.add_image("val/confusion_matrix", confusion_image(result.confusion), self.state.step)
+        self.board.evaluation("val", result, self.progress.step)
         return result.top1
 
     def _test(self) -> EvalResult:
-        cfg = self.cfg
-        result = evaluate(self.model, self.test_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                          self.amp, progress=True, max_bad_fraction=cfg.data.max_bad_fraction)
-        if self.dist.is_main:
-            report_left_out(result, split_label(cfg, "test"), self.left_out_reported)
-            csv_path, _ = write_predictions(result, self.run_dir / "test")
-            logger.info("%s: %s x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s",
-                        split_label(cfg, "test"), result.coverage, self.test_set.num_views, 100 * result.top1,
-                        100 * result.top5, csv_path)
-        if self.writer is not None:
-            self.writer.add_scalar("test/top1", result.top1, self.state.step)
-            self.writer.add_scalar("test/top5", result.top5, self.state.step)
-            self.writer.add_image("test/confusion_matrix", confusion_image(result.confusion), self.state.step)
+        result = test_model(self.model, self.test_set, self.cfg, self.dist, self.amp, self.run_dir / "test",
+                            split_label(self.cfg, "test"), self.left_out_reported)
+        self.board.evaluation("test", result, self.progress.step)
         return result

@@ -12,14 +12,14 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from softpool3d.checkpoint import CheckpointError
-from softpool3d.config import ConfigError, check_runnable, load_config
+from softpool3d.engine.checkpoint import CheckpointError
+from softpool3d.engine.config import ConfigError, check_runnable, load_config
 from softpool3d.datasets import AnnotationError
-from softpool3d.evaluate import UnreadableVideosError, run_test
-from softpool3d.nonfinite import NonFiniteLossError
-from softpool3d.run_lock import RunDirError
-from softpool3d.summary import split_label
-from softpool3d.train import train
+from softpool3d.engine.evaluate import UnreadableVideosError, run_test
+from softpool3d.engine.nonfinite import NonFiniteLossError
+from softpool3d.engine.run_lock import RunDirError
+from softpool3d.engine.summary import split_label
+from softpool3d.engine.train import train
 
 logger = logging.getLogger("softpool3d")
 

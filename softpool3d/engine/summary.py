@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from softpool3d.builders import precision_name, slow_bf16_warning
-from softpool3d.distributed import DistInfo
+from softpool3d.engine.builders import precision_name, slow_bf16_warning
+from softpool3d.engine.distributed import DistInfo
 from softpool3d.models.complexity import count_complexity
 
 logger = logging.getLogger("softpool3d")

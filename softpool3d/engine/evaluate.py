@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from softpool3d import builders
-from softpool3d.checkpoint import load_checkpoint
-from softpool3d.config import ConfigError, check_runnable, from_container
+from softpool3d.engine import builders
+from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
+from softpool3d.engine.config import ConfigError, check_runnable, from_container
 from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
-from softpool3d.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
+from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +197,22 @@ def write_predictions(result: EvalResult, directory: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
+def test_model(model: nn.Module, dataset: Dataset, cfg: DictConfig, dist_info: DistInfo, amp: str, directory: Path,
+               label: str, already_reported: Optional[set[str]] = None) -> EvalResult:
+    """The test of a model, at the end of training and in ``tools/test.py``: :func:`evaluate` every view
+    of ``dataset`` (``data.test_batch_size``, ``data.num_workers``, ``data.max_bad_fraction``); rank 0
+    then reports the videos left out, writes :func:`write_predictions` into ``directory`` and logs the
+    metrics under ``label`` (e.g. ``"test (split 'test')"``)."""
+    result = evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, amp,
+                      progress=True, max_bad_fraction=cfg.data.max_bad_fraction)
+    if dist_info.is_main:
+        report_left_out(result, label, already_reported)
+        csv_path, json_path = write_predictions(result, directory)
+        logger.info("%s: %s x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s and %s", label,
+                    result.coverage, dataset.num_views, 100 * result.top1, 100 * result.top5, csv_path, json_path)
+    return result
+
+
 def test_output_dir(checkpoint: str | Path, out: Optional[str | Path] = None) -> Path:
     """Where ``tools/test.py`` writes: ``out`` if given, else ``<run>/test-<checkpoint stem>/`` for a
     checkpoint in ``<run>/checkpoints/`` (beside the run's own ``test/``, never over it). A checkpoint
@@ -213,45 +229,32 @@ def test_output_dir(checkpoint: str | Path, out: Optional[str | Path] = None) ->
 def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str | Path] = None) -> EvalResult:
     """``tools/test.py``: evaluate ``checkpoint`` on ``data.test_split`` with ``data.num_clips x data.num_crops``
     views; the checkpoint's config with ``overrides`` applied. Rank 0 writes the predictions into
-    :func:`test_output_dir` and logs the metrics."""
+    :func:`test_output_dir` and logs the metrics (:func:`test_model`)."""
     directory = test_output_dir(checkpoint, out)
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"], overrides, source=f"config stored in {checkpoint}")
-    cfg.model.pretrained, cfg.model.freeze_stages, cfg.resume = None, 0, ""  # the checkpoint holds the weights
-    check_runnable(cfg)
+    check_runnable(cfg, training=False)
     dist_info = init_distributed(cfg.train.device)
     builders.set_threads(cfg)
     try:
         if dist_info.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-        result = _test(cfg, state, checkpoint, dist_info)
+        dataset = builders.build_dataset(cfg, cfg.data.test_split, train=False,
+                                         num_clips=cfg.data.num_clips, num_crops=cfg.data.num_crops)
+        if list(dataset.classes) != list(state["classes"]):
+            raise ConfigError(f"the classes of {cfg.data.dataset} at {cfg.data.root} ({len(dataset.classes)}: "
+                              f"{', '.join(dataset.classes[:5])}, ...) differ from those checkpoint {checkpoint} was "
+                              f"trained on ({len(state['classes'])}: {', '.join(state['classes'][:5])}, ...)")
+        model = builders.build_architecture(cfg, len(state["classes"]))  # the checkpoint holds the weights
+        load_model_state(model, state, checkpoint)
+        model.to(dist_info.device)
+        amp, reason = builders.resolve_amp(cfg.train.amp, dist_info.device)
+        warning = builders.slow_bf16_warning(cfg.train.amp, dist_info.device)
         if dist_info.is_main:
-            report_left_out(result, f"test (split '{cfg.data.test_split}')")
-            csv_path, json_path = write_predictions(result, directory)
-            logger.info("test (split '%s'): %s, video top-1 %.2f%%, top-5 %.2f%%", cfg.data.test_split,
-                        result.coverage, 100 * result.top1, 100 * result.top5)
-            logger.info("predictions written to %s and %s", csv_path, json_path)
-        return result
+            logger.info("%s: %d videos x %d views on %s, precision %s (%s)", checkpoint, dataset.num_videos,
+                        dataset.num_views, dist_info.device, builders.precision_name(amp), reason)
+            if warning is not None:
+                logger.warning("%s", warning)
+        return test_model(model, dataset, cfg, dist_info, amp, directory, f"test (split '{cfg.data.test_split}')")
     finally:
         cleanup()
-
-
-def _test(cfg: DictConfig, state: dict, checkpoint: str, dist_info: DistInfo) -> EvalResult:
-    dataset = builders.build_dataset(cfg, cfg.data.test_split, train=False,
-                                     num_clips=cfg.data.num_clips, num_crops=cfg.data.num_crops)
-    if list(dataset.classes) != list(state["classes"]):
-        raise ConfigError(f"the classes of {cfg.data.dataset} at {cfg.data.root} ({len(dataset.classes)}: "
-                          f"{', '.join(dataset.classes[:5])}, ...) differ from those checkpoint {checkpoint} was "
-                          f"trained on ({len(state['classes'])}: {', '.join(state['classes'][:5])}, ...)")
-    model = builders.build_model(cfg, len(state["classes"]))
-    builders.load_model_state(model, state, checkpoint)
-    model.to(dist_info.device)
-    amp, reason = builders.resolve_amp(cfg.train.amp, dist_info.device)
-    warning = builders.slow_bf16_warning(cfg.train.amp, dist_info.device)
-    if dist_info.is_main:
-        logger.info("%s: %d videos x %d views on %s, precision %s (%s)", checkpoint, dataset.num_videos,
-                    dataset.num_views, dist_info.device, builders.precision_name(amp), reason)
-        if warning is not None:
-            logger.warning("%s", warning)
-    return evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, amp,
-                    progress=True, max_bad_fraction=cfg.data.max_bad_fraction)

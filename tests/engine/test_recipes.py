@@ -11,11 +11,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from softpool3d import datasets, models
-from softpool3d.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, config_layers, find_config, load_config
-from softpool3d.optim import OPTIMIZERS
+from softpool3d.engine.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, config_layers, find_config, load_config
+from softpool3d.engine.optim import OPTIMIZERS
 
-REPO = Path(__file__).resolve().parent.parent
-SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "resolved_configs"
+REPO = Path(__file__).resolve().parents[2]
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "fixtures" / "resolved_configs"
 ALL_FILES = sorted((REPO / "configs").rglob("*.yaml"))
 RECIPES = [path for path in ALL_FILES if "_base_" not in path.relative_to(REPO / "configs").parts]
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
+from softpool3d.benchmarks.models import time_train_step
 from softpool3d.models import build_model, freeze_stages, list_models, load_pretrained, model_info
-from softpool3d.models.benchmark import time_train_step
 from softpool3d.models.complexity import count_complexity
 from softpool3d.models.weights import FrozenBatchNorm3d
 

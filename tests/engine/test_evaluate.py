@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from softpool3d.datasets import build_dataset
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.distributed import DistInfo, ShardSampler
-from softpool3d.evaluate import UnreadableVideosError, evaluate, write_predictions
-from softpool3d.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
+from softpool3d.engine.distributed import DistInfo, ShardSampler
+from softpool3d.engine.evaluate import UnreadableVideosError, evaluate, write_predictions
+from softpool3d.engine.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
 
 
 class Views(Dataset):

@@ -6,7 +6,7 @@ name raises :class:`ConfigError` naming the key, the value and the file (or the 
 any data or model is built. A recipe names its bases in a ``defaults:`` list of paths relative to
 itself; they are merged in order, bases of bases first, and the file's own keys last (see
 :func:`config_layers`). Model, pool, dataset and optimizer names are checked against the
-registries of ``softpool3d.models``, ``softpool3d.datasets`` and ``softpool3d.optim``.
+registries of ``softpool3d.models``, ``softpool3d.datasets`` and ``softpool3d.engine.optim``.
 ``check_runnable`` adds the checks that depend on this machine (paths that must exist, a CUDA
 device). ``save_config`` writes the resolved config into the run directory.
 """
@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import softpool3d
 from softpool3d import datasets, models
-from softpool3d.optim import OPTIMIZERS
+from softpool3d.engine.optim import OPTIMIZERS
 
 
 def _config_dir() -> Path:
@@ -146,7 +146,8 @@ class TrainConfig:
 
 @dataclass
 class DebugConfig:
-    """Fault injection and consistency checks used by the tests.
+    """Fault injection and consistency checks used by the tests, installed as step callbacks
+    (:func:`softpool3d.engine.callbacks.debug_callbacks`).
 
     ``kill_at_step``: after that optimizer step, SIGKILL rank ``kill_rank`` (-1: every rank); only
     on a job's first attempt, not after a torchrun restart.
@@ -289,17 +290,18 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise ConfigError(f"{source}: name={cfg.name!r} must be a non-empty folder name (no '/')")
 
 
-def check_runnable(cfg: DictConfig) -> None:
+def check_runnable(cfg: DictConfig, training: bool = True) -> None:
     """Checks that depend on this machine, made before any data or model is built: the dataset
     folder, ``data.annotations``, ``model.pretrained`` and a ``resume`` path exist, and
-    ``train.device=cuda`` has a CUDA device. Raises :class:`ConfigError` naming the key and value."""
+    ``train.device=cuda`` has a CUDA device. Raises :class:`ConfigError` naming the key and value.
+    ``training=False`` (evaluating a checkpoint, which holds the weights) skips the weight sources."""
     if not cfg.data.make_demo and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root={cfg.data.root}: dataset folder not found (absolute: {Path(cfg.data.root).resolve()})")
-    for key in ("data.annotations", "model.pretrained"):
+    for key in ("data.annotations", "model.pretrained") if training else ("data.annotations",):
         value = OmegaConf.select(cfg, key)
         if value and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}={value}: no such file or folder")
-    if cfg.resume not in ("", "auto") and not Path(cfg.resume).is_file():
+    if training and cfg.resume not in ("", "auto") and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume}: no such checkpoint file (use resume=auto for the run's last.pt)")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but torch finds no CUDA device here (torch "

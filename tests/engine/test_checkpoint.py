@@ -11,15 +11,18 @@ import pytest
 import torch
 
 import softpool3d
-from softpool3d import cli
-from softpool3d.checkpoint import (
+from softpool3d.engine import cli
+from softpool3d.engine.checkpoint import (
     CheckpointError,
+    Progress,
     git_commit,
     load_checkpoint,
     remove_stale_temporaries,
+    restore_training,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    training_checkpoint,
 )
 
 
@@ -38,6 +41,35 @@ def umask():
     saved = os.umask(0o022)
     yield set_mask
     os.umask(saved)
+
+
+def _training_objects(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0 if seed == 0 else 8.0)
+    return model, optimizer, scheduler, scaler
+
+
+def test_training_checkpoint_restores_every_object_and_the_progress(tmp_path):
+    model, optimizer, scheduler, scaler = _training_objects(0)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    progress = Progress(epoch=3, step=17, step_in_epoch=2, best_top1=0.5, skipped_steps=1, consecutive_skips=1)
+    state = training_checkpoint(model, optimizer, scheduler, scaler, progress, 2, {"name": "x"}, ["a", "b"],
+                                [rng_state()])
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "step_in_epoch",
+                          "sampler_epoch", "best_top1", "config", "classes", "rng", "skipped_steps",
+                          "consecutive_skips"}
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    fresh = _training_objects(1)
+    assert restore_training(load_checkpoint(path), path, *fresh) == progress
+    assert all(torch.equal(a, b) for a, b in zip(fresh[0].state_dict().values(), model.state_dict().values()))
+    momentum = [o.state_dict()["state"][0]["momentum_buffer"] for o in (fresh[1], optimizer)]
+    assert torch.equal(*momentum)
+    assert fresh[2].last_epoch == 1 and fresh[3].get_scale() == 64.0
 
 
 def test_round_trip_and_no_temporary_left(tmp_path):
@@ -70,8 +102,8 @@ def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tm
     meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "last.pt"))["meta"]
     assert meta["softpool3d"] == softpool3d.__version__
     assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
-    if shutil.which("git") and (softpool3d.checkpoint._SOURCE_TREE / ".git").exists():
-        head = subprocess.run(["git", "-C", str(softpool3d.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
+    if shutil.which("git") and (softpool3d.engine.checkpoint._SOURCE_TREE / ".git").exists():
+        head = subprocess.run(["git", "-C", str(softpool3d.engine.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
         assert meta["git_commit"] == head
 
