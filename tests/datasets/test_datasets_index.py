@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch.utils.data import DataLoader, Dataset
 
-from softpool3d.datasets import Annotations, ClipDataset, LabelList, PathList, freeze_inherited_objects, load_annotations
+from softpool3d.benchmarks.index import worker_private_mb
+from softpool3d.datasets import Annotations, ClipDataset, LabelList, PathList, load_annotations
 from softpool3d.datasets.synthetic_layout import write_kinetics_layout
 
 
@@ -68,27 +68,6 @@ def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     assert growth < 150
 
 
-class _WorkerMemory(Dataset):
-    """Item i: the worker's private dirty memory (MB) after a full garbage collection."""
-
-    def __init__(self, payload: object) -> None:
-        self.payload = payload
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> float:
-        gc.collect()
-        with open("/proc/self/smaps_rollup") as handle:
-            return next(int(line.split()[1]) for line in handle if line.startswith("Private_Dirty")) / 1024
-
-
-def _worker_private_mb(payload: object, freeze: bool) -> float:
-    loader = DataLoader(_WorkerMemory(payload), batch_size=None, num_workers=1,
-                        worker_init_fn=freeze_inherited_objects if freeze else None, multiprocessing_context="fork")
-    return float(next(iter(loader)))
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's smaps_rollup")
 def test_forked_workers_do_not_copy_the_index(tmp_path):
@@ -97,11 +76,11 @@ def test_forked_workers_do_not_copy_the_index(tmp_path):
     compact = ClipDataset(Annotations(PathList.from_paths(paths), np.arange(count) % 700, [str(i) for i in range(700)]),
                           train=True)
     gc.collect()
-    empty = _worker_private_mb(None, freeze=False)
-    with_compact = _worker_private_mb(compact, freeze=False)
-    frozen = _worker_private_mb(compact, freeze=True)
+    empty = worker_private_mb(None, freeze=False)
+    with_compact = worker_private_mb(compact, freeze=False)
+    frozen = worker_private_mb(compact, freeze=True)
     as_paths = [Path(p) for p in paths]  # what the index used to hold
-    with_paths = _worker_private_mb(as_paths, freeze=False)
+    with_paths = worker_private_mb(as_paths, freeze=False)
     print(f"\nworker private dirty after gc.collect(): no data {empty:.1f} MB, compact index {with_compact:.1f} MB, "
           f"list of Paths {with_paths:.1f} MB, compact index with freeze_inherited_objects {frozen:.1f} MB")
     assert with_compact - empty < 10 < with_paths - empty
