@@ -60,11 +60,9 @@ def split_label(cfg: DictConfig, role: str) -> str:
 def _dataset_line(cfg: DictConfig, role: str, dataset: Any) -> str:
     if dataset is None:
         return f"  {split_label(cfg, role)}: not used"
-    missing = getattr(dataset, "num_missing", 0)
-    skipped = len(dataset.skipped_files()) if hasattr(dataset, "skipped_files") else 0
     return (f"  {split_label(cfg, role)}: {dataset.num_videos} videos, {len(dataset.classes)} classes, "
-            f"{missing} missing (not on disk), {skipped} skipped (unreadable), {dataset.num_views} view(s) per video"
-            + (f"; from {dataset.source}" if getattr(dataset, "source", "") else ""))
+            f"{dataset.num_missing} missing (not on disk), {len(dataset.skipped_files())} skipped (unreadable), "
+            f"{dataset.num_views} view(s) per video" + (f"; from {dataset.source}" if dataset.source else ""))
 
 
 def log_startup_summary(

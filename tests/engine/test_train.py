@@ -31,12 +31,16 @@ class SyntheticClips(Dataset):
                  scale: float = 1.0):
         self.classes = ["dark", "mid", "bright"]
         self.num_videos = 12
+        self.num_missing, self.source = 0, ""  # ClipDataset's provenance, shown in the start-up summary
         self.num_views = 1 if train else num_clips * num_crops
         self.train, self.nan_fetches, self.fail_after, self.scale = train, nan_fetches, fail_after, scale
         self.fetched = 0
 
     def __len__(self):
         return self.num_videos * self.num_views
+
+    def skipped_files(self):
+        return []
 
     def set_epoch(self, epoch):
         """Like ``ClipDataset``'s; these clips draw from the global RNG, which the engine seeds per epoch."""
