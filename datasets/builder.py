@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from softpool3d.datasets.annotations import Annotations
+from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.index import VideoIndex
 from softpool3d.datasets.index_cache import cache_file, load_index, save_index
@@ -50,11 +50,8 @@ def read_index(
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
     """Write ``lines`` (one path each) to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "wb") as out:
+    with atomic_writer(path) as out:
         out.write(b"".join(line + b"\n" for line in lines))
-    os.replace(temporary, path)
 
 
 def load_annotations(

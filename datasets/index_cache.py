@@ -18,13 +18,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.datasets.index import PathList, VideoIndex
 
 logger = logging.getLogger(__name__)
@@ -74,18 +74,11 @@ def save_index(path: Path, index: VideoIndex) -> None:
         "files": {f: _file_state(f) for f in index.files},
         "watched": {f: _folder_state(f) for f in index.folders},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(
-                out, header=_json_array(header), names=index.videos.names, folder_ids=index.videos.folder_ids,
-                labels=index.labels, present=index.present,
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_writer(path) as out:
+        np.savez(
+            out, header=_json_array(header), names=index.videos.names, folder_ids=index.videos.folder_ids,
+            labels=index.labels, present=index.present,
+        )
 
 
 def load_index(path: Path) -> VideoIndex | None:
