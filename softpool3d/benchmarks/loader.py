@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         write_videos(args.make_videos, args.videos, args.video_frames, args.height, args.width, args.gop)
         return 0
     scale = tuple(args.scale or (args.crop, args.crop + 32))
-    transform = TrainTransform(args.crop, scale, (0.45,) * 3, (0.225,) * 3)
+    transform = TrainTransform(args.crop, scale)
     options = dict(num_frames=args.frames, sampling_rate=args.rate, crop_size=args.crop, train_scale=scale)
     with tempfile.TemporaryDirectory() as tmp:
         if args.videos_dir:
