@@ -4,7 +4,7 @@ Each dataset format (one module: ``kinetics``, ``ucf101``, ``hmdb51``, ``custom`
 parser by name with :func:`register_dataset`; importing this package registers them.
 
 Data flows ``files -> read_frames -> sampling -> transforms -> (clip, label, video_index)``,
-with clips ``(C, T, H, W)`` float; a DataLoader batches them to ``(N, C, T, H, W)``.
+with clips ``(C, T, H, W)`` uint8; a DataLoader batches them to ``(N, C, T, H, W)``.
 """
 from softpool3d.datasets.annotations import AnnotationError, Annotations, make_index
 from softpool3d.datasets import kinetics, ucf101, hmdb51, custom  # noqa: F401,I001  (registers the formats, in this order)

@@ -142,7 +142,7 @@ def build_dataset(
     files are (default: the usual place under ``root``); ``fold`` picks the UCF-101/HMDB-51 split
     1-3; ``val_fraction``, ``val_seed`` and ``missing_list`` are those of :func:`load_annotations`.
     ``clip_options`` go to :class:`ClipDataset` (``num_frames``, ``sampling_rate``, ``num_clips``,
-    ``num_crops``, ``crop_size``, ``train_scale``, ``test_scale``, ``mean``, ``std``, ``hflip``,
+    ``num_crops``, ``crop_size``, ``train_scale``, ``test_scale``, ``hflip``,
     ``max_retries``, ``seed``, ``repeat_aug``, ``train_sampler``, ``test_sampler``, ``transform``).
     """
     parsed = load_annotations(name, root, split, annotations, fold, val_fraction=val_fraction, val_seed=val_seed,

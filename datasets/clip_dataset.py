@@ -1,4 +1,4 @@
-"""``ClipDataset``: videos of one split -> normalized clips ``(C, T, H, W)`` with labels."""
+"""``ClipDataset``: videos of one split -> uint8 clips ``(C, T, H, W)`` with labels."""
 from __future__ import annotations
 
 import hashlib
@@ -78,18 +78,19 @@ class ClipDataset(Dataset):
       it is called with repeat 0's generator, and must draw from it alone.
     - ``test_sampler(total, num_frames, sampling_rate, num_clips)`` gives the ``num_clips`` index
       lists of the test views (default :func:`~softpool3d.datasets.sampling.uniform_clips`).
-    - ``transform`` turns uint8 frames ``(T, H, W, 3)`` into a float clip
+    - ``transform`` turns uint8 frames ``(T, H, W, 3)`` into a uint8 clip
       ``(C, T, crop_size, crop_size)``; when training it is called ``transform(frames, generator)``
       once per repeat, with that repeat's generator (after the sampler's draws for repeat 0), and
       must draw every random choice from it; when testing ``transform(frames, crop_index)`` with
       ``crop_index`` in ``range(num_crops)``. ``None`` builds
       :class:`~softpool3d.datasets.transforms.TrainTransform` (``crop_size``, ``train_scale``,
-      ``mean``, ``std``, ``hflip``) or :class:`~softpool3d.datasets.transforms.TestTransform`
-      (``crop_size``, ``test_scale``, ``mean``, ``std``, ``num_crops``); a given transform
-      ignores those arguments except ``crop_size`` (the size of the zero views below).
+      ``hflip``) or :class:`~softpool3d.datasets.transforms.TestTransform` (``crop_size``,
+      ``test_scale``, ``num_crops``); a given transform ignores those arguments except
+      ``crop_size`` (the size of the zero views below).
 
-    Items are ``(clip, label, video_index)`` with ``clip`` float ``(C, T, crop_size, crop_size)``,
-    or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``.
+    Items are ``(clip, label, video_index)`` with ``clip`` uint8 ``(C, T, crop_size, crop_size)``,
+    or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``. The
+    engine converts and normalizes clips on its device (:mod:`softpool3d.engine.inputs`).
 
     When training, a video that cannot be decoded is replaced by a random other one (drawn from
     the item's own generator), at most ``max_retries`` times in a row; it is logged once and
@@ -114,8 +115,6 @@ class ClipDataset(Dataset):
         crop_size: int = 224,
         train_scale: Sequence[int] = (256, 320),
         test_scale: int = 256,
-        mean: Sequence[float] = (0.45, 0.45, 0.45),
-        std: Sequence[float] = (0.225, 0.225, 0.225),
         hflip: bool = True,
         max_retries: int = 10,
         seed: int = 0,
@@ -152,9 +151,9 @@ class ClipDataset(Dataset):
         if transform is not None:
             self.transform = transform
         elif train:
-            self.transform = TrainTransform(crop_size, train_scale, mean, std, hflip)
+            self.transform = TrainTransform(crop_size, train_scale, hflip)
         else:
-            self.transform = TestTransform(crop_size, test_scale, mean, std, num_crops)
+            self.transform = TestTransform(crop_size, test_scale, num_crops)
         self._skipped = SkippedFiles()
 
     @property
@@ -173,8 +172,8 @@ class ClipDataset(Dataset):
         return self._skipped.paths()
 
     def _unreadable_view(self) -> torch.Tensor:
-        """The zero clip ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
-        return torch.zeros(3, self.num_frames, self.crop_size, self.crop_size)
+        """The zero clip uint8 ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
+        return torch.zeros(3, self.num_frames, self.crop_size, self.crop_size, dtype=torch.uint8)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""

@@ -1,6 +1,8 @@
 """Clip transforms on ``torchvision.transforms.v2`` video tensors.
 
-Frames come in as uint8 ``(T, H, W, 3)`` and leave as normalized float ``(C, T, H, W)``.
+Frames come in as uint8 ``(T, H, W, 3)`` and leave as uint8 ``(C, T, H, W)``: a quarter of a
+float clip's bytes through the worker queue and the host-to-device copy. Conversion to float and
+normalization happen on the training device (:mod:`softpool3d.engine.inputs`).
 """
 from __future__ import annotations
 
@@ -13,9 +15,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from softpool3d.datasets.sampling import crop_offsets, randint
 
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
-
 
 def _to_video(frames: torch.Tensor) -> tv_tensors.Video:
     """uint8 ``(T, H, W, 3)`` -> ``Video`` ``(T, 3, H, W)``."""
@@ -23,28 +22,25 @@ def _to_video(frames: torch.Tensor) -> tv_tensors.Video:
 
 
 def _to_clip(video: torch.Tensor) -> torch.Tensor:
-    """float ``(T, C, H, W)`` -> plain ``(C, T, H, W)``."""
+    """uint8 ``(T, C, H, W)`` -> plain ``(C, T, H, W)``."""
     return video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
 
 
 class TrainTransform:
-    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, normalize.
+    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip.
 
     Every random choice is drawn from the ``generator`` given to the call, so a seeded generator
     gives the same clip in any process (torchvision's random transforms would use the global RNG).
     """
 
-    def __init__(
-        self, crop_size: int, scale: Sequence[int], mean: Sequence[float], std: Sequence[float], hflip: bool = True
-    ) -> None:
+    def __init__(self, crop_size: int, scale: Sequence[int], hflip: bool = True) -> None:
         low, high = int(scale[0]), int(scale[1])
         if not crop_size <= low <= high:
             raise ValueError(f"train_scale must satisfy crop_size <= low <= high, got {tuple(scale)} and crop {crop_size}")
         self.crop_size, self.low, self.high, self.hflip = crop_size, low, high, hflip
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``).
+        """uint8 ``(T, H, W, 3)`` -> uint8 ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``).
 
         The crop is chosen on the scaled frame, then cut from the source and resized alone (one
         ``resized_crop``): the same picture up to a source pixel of rounding, without scaling the
@@ -61,13 +57,13 @@ class TrainTransform:
                                 side_h, side_w, [self.crop_size, self.crop_size], antialias=True)
         if self.hflip and randint(2, generator):
             video = TF.horizontal_flip(video)
-        return _to_clip(self.normalize(video))
+        return _to_clip(video)
 
 
 class TestTransform:
     """Short-side resize to ``scale``, then one of ``num_crops`` crops (1: centre, 3: along the long side)."""
 
-    def __init__(self, crop_size: int, scale: int, mean: Sequence[float], std: Sequence[float], num_crops: int = 1) -> None:
+    def __init__(self, crop_size: int, scale: int, num_crops: int = 1) -> None:
         if scale < crop_size:
             raise ValueError(f"test_scale {scale} is smaller than crop_size {crop_size}")
         if num_crops not in (1, 3):
@@ -75,11 +71,10 @@ class TestTransform:
         self.crop_size = crop_size
         self.num_crops = num_crops
         self.resize = v2.Resize(scale, antialias=True)
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def __call__(self, frames: torch.Tensor, crop_index: int = 0) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` -> float ``(C, T, crop, crop)`` for crop ``crop_index``."""
+        """uint8 ``(T, H, W, 3)`` -> uint8 ``(C, T, crop, crop)`` for crop ``crop_index``."""
         video = self.resize(_to_video(frames))
         top, left = crop_offsets(tuple(video.shape[-2:]), self.crop_size, self.num_crops)[crop_index]
         video = TF.crop(video, top, left, self.crop_size, self.crop_size)
-        return _to_clip(self.normalize(video))
+        return _to_clip(video)

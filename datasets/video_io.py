@@ -34,6 +34,10 @@ class VideoReadError(RuntimeError):
     """A video that neither decord nor PyAV can decode (missing, truncated, empty or corrupt)."""
 
 
+class _DecordMisread(Exception):
+    """decord opened a video but cannot decode its frames, or returned frames of the wrong shape."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """Frame count and frame rate of a video file."""
@@ -168,10 +172,13 @@ class _PyAVReader:
 
 
 class OpenVideo:
-    """A video opened once: decord decodes only the frames asked for; a file decord cannot open
-    is streamed by PyAV (:class:`_PyAVReader`). Raises :class:`VideoReadError` for a missing
-    file, one neither can read, or one without frames. decord's native error lines for a file
-    it cannot open are not printed; their text is part of the error or debug log instead."""
+    """A video opened once: decord decodes only the frames asked for; a file decord cannot open,
+    or whose frames it cannot decode or decodes to the wrong shape, is streamed by PyAV
+    (:class:`_PyAVReader`) from then on. decord fails that way on small H.264 frames (decord
+    0.6 on 16x16, 24x24 and 48x48, decord2 also on 32x32: ``ndarray.cc:171 Check failed``, a
+    first frame of 4 to 12 channels), which PyAV decodes. Raises :class:`VideoReadError` for a
+    missing file, one neither can read, or one without frames. decord's native error lines for
+    a file it cannot open are not printed; their text is part of the error or debug log instead."""
 
     def __init__(self, path: PathLike) -> None:
         self.path = path
@@ -202,17 +209,39 @@ class OpenVideo:
             raise VideoReadError(f"{self.path} has {self.info.num_frames} frames, frame {max(indices)} was asked for")
         if self._reader is not None:
             try:
-                with decord.bridge.use_torch():
-                    batch = self._reader.get_batch(indices)
-            except DECORDError as error:
-                raise VideoReadError(f"cannot decode frames {indices} of {self.path}: {error}") from error
-            if not isinstance(batch, torch.Tensor):
-                raise TypeError(f"decord's torch bridge returned {type(batch).__name__}, not a torch.Tensor")
-            return batch
+                return self._decord_frames(indices)
+            except _DecordMisread as error:
+                logger.debug("decord cannot decode frames %s of %s (%s); decoding with PyAV", indices, self.path, error)
+                self._switch_to_pyav(indices, error)
+        if max(indices) >= self._pyav.num_frames:
+            raise VideoReadError(f"{self.path} has {self._pyav.num_frames} frames by PyAV, frame {max(indices)} was asked for")
         try:
             return torch.from_numpy(self._pyav.frames(indices))
         except av.error.FFmpegError as error:
             raise VideoReadError(f"cannot decode frames {indices} of {self.path} with PyAV: {error}") from error
+
+    def _decord_frames(self, indices: list[int]) -> torch.Tensor:
+        """decord's uint8 ``(T, H, W, 3)`` frames at ``indices``; :class:`_DecordMisread` when decord
+        fails on them or returns another shape or dtype."""
+        try:
+            with decord.bridge.use_torch():
+                batch = self._reader.get_batch(indices)
+        except DECORDError as error:
+            raise _DecordMisread(str(error).strip().splitlines()[0]) from error
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"decord's torch bridge returned {type(batch).__name__}, not a torch.Tensor")
+        if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
+            raise _DecordMisread(f"decord returned {batch.dtype} {tuple(batch.shape)} for {len(indices)} RGB frames")
+        return batch
+
+    def _switch_to_pyav(self, indices: list[int], decord_error: Exception) -> None:
+        """Decode this video with PyAV from now on (decord failed on frames ``indices``)."""
+        self._reader = None
+        try:
+            self._pyav = _PyAVReader(str(self.path))
+        except (av.error.FFmpegError, VideoReadError) as pyav_error:
+            raise VideoReadError(f"cannot decode frames {indices} of {self.path}: decord: {decord_error}; "
+                                 f"PyAV: {pyav_error}") from pyav_error
 
 
 def video_info(path: PathLike) -> VideoInfo:

@@ -8,13 +8,21 @@ normalize), under a DataLoader with each of ``--workers``; clips/s counts every 
 all and prints ours relative to the first folder. ``--interleaved N`` adds a table measured in
 this process where the settings take turns item by item (robust to a load that drifts on a shared
 machine); ``--decoders`` adds to it the cost of decoding one random clip with decord and with PyAV
-(slice vs frame threading), which shows what would speed decoding up next.
+(slice vs frame threading), which shows what would speed decoding up next. ``--worker-ms N``
+adds the CPU time a worker spends per clip, split into decoding and the transform, before (the
+transform ending in float32 normalization, as workers did until clips became uint8, and the batch
+collated into shared memory in float32) and after (uint8 out and collated, normalization on the
+training device); and what that normalization costs where the training device is this CPU.
+
+The header names the ``decord`` build imported; to compare two builds, run one process per build
+(e.g. ``PYTHONPATH`` pointing at a folder that holds only the other build's ``decord`` package).
 
     python tools/bench_loader.py                                  # generated 320x240 videos
     python tools/bench_loader.py --make-videos data/hd --videos 6 --height 720 --width 1280 --video-frames 300 --gop 250
     python tools/prepare_videos.py data/hd data/hd256 --short-side 256
     python tools/bench_loader.py --videos-dir data/hd --videos-dir data/hd256 --interleaved 16 --decoders \
         --frames 8 --rate 8 --crop 224 --scale 256 320
+    python tools/bench_loader.py --videos-dir data/demo --videos-dir data/hd --worker-ms 24 --only-worker-ms
 """
 from __future__ import annotations
 
@@ -26,14 +34,18 @@ import time
 from pathlib import Path
 
 import av
+import decord
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from softpool3d.datasets import Annotations, ClipDataset, OpenVideo
 from softpool3d.datasets.prepare import find_videos
 from softpool3d.datasets.sampling import random_clip
 from softpool3d.datasets.transforms import TrainTransform
+from softpool3d.engine.inputs import ClipNormalizer
 
 LOADERS = ("ours", "pytorchvideo-decord", "pytorchvideo-pyav")
 
@@ -187,6 +199,73 @@ def print_interleaved(table: dict[tuple[str, str], float], folders: list[str]) -
               + "".join(f"{table[f, name] / table[f, names[0]]:>15.2f}x" for f in folders))
 
 
+MEAN, STD = (0.45,) * 3, (0.225,) * 3
+WORKER_MS = ("decode", "transform, uint8 out", "float32 + normalize (before only)",
+             "collate into shared memory, float32 (before)", "collate into shared memory, uint8 (after)",
+             "before: worker total", "after: worker total", "after: normalize on a CPU device")
+
+
+def _float_in_worker(clip: torch.Tensor) -> torch.Tensor:
+    """What workers did after the uint8 transform until clips became uint8: torchvision's ``ToDtype``
+    and ``Normalize`` on the ``(T, C, H, W)`` video, then the ``(C, T, H, W)`` float copy."""
+    normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(MEAN), list(STD))])
+    return normalize(tv_tensors.Video(clip.permute(1, 0, 2, 3))).as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+
+
+def _collate_shared(clips: list[torch.Tensor]) -> torch.Tensor:
+    """A batch stacked into new shared memory, as ``default_collate`` does in a DataLoader worker."""
+    out = torch.empty((len(clips), *clips[0].shape), dtype=clips[0].dtype).share_memory_()
+    return torch.stack(clips, out=out)
+
+
+def worker_ms(paths: list[Path], options: dict, items: int, batch: int = 8) -> dict[str, float]:
+    """CPU ms per clip (``time.process_time``, decord's decoding thread included) of the steps of one
+    training item in this process: open and decode, the transform, the float step workers did before,
+    and collating ``batch`` clips into shared memory in float32 (before) and in uint8 (after); and the
+    device-side normalization when the device is this CPU. Items cycle over ``paths``."""
+    transform = TrainTransform(options["crop_size"], options["train_scale"])
+    normalizer, generator = ClipNormalizer(MEAN, STD), torch.Generator().manual_seed(0)
+    seconds = dict.fromkeys(WORKER_MS[:5] + WORKER_MS[7:], 0.0)
+    pending: dict[str, list[torch.Tensor]] = {WORKER_MS[3]: [], WORKER_MS[4]: []}
+    for item in range(items):
+        start = time.process_time()
+        video = OpenVideo(paths[item % len(paths)])
+        frames = video.frames(random_clip(video.info.num_frames, options["num_frames"], options["sampling_rate"],
+                                          generator))
+        decoded = time.process_time()
+        clip = transform(frames, generator)
+        transformed = time.process_time()
+        floated_clip = _float_in_worker(clip)
+        floated = time.process_time()
+        normalizer(clip[None])
+        seconds[WORKER_MS[7]] += time.process_time() - floated
+        for name, spent in zip(WORKER_MS, (decoded - start, transformed - decoded, floated - transformed)):
+            seconds[name] += spent
+        pending[WORKER_MS[3]].append(floated_clip)
+        pending[WORKER_MS[4]].append(clip)
+        if len(pending[WORKER_MS[4]]) == batch or item == items - 1:
+            for name, clips in pending.items():
+                start = time.process_time()
+                _collate_shared(clips)
+                seconds[name] += time.process_time() - start
+                clips.clear()
+    ms = {name: 1000 * total / items for name, total in seconds.items()}
+    ms[WORKER_MS[5]] = ms[WORKER_MS[0]] + ms[WORKER_MS[1]] + ms[WORKER_MS[2]] + ms[WORKER_MS[3]]
+    ms[WORKER_MS[6]] = ms[WORKER_MS[0]] + ms[WORKER_MS[1]] + ms[WORKER_MS[4]]
+    return ms
+
+
+def print_worker_ms(folders: dict[str, list[Path]], options: dict, items: int) -> None:
+    """The ``--worker-ms`` table: a column per folder, a row per step, then before/after."""
+    table = {folder: worker_ms(paths, options, items) for folder, paths in folders.items()}
+    print(f"\nworker CPU ms per clip, {items} items per folder, in this process (time.process_time)")
+    print(f"{'step':<46}" + "".join(f"{Path(f).name[-14:]:>16}" for f in folders))
+    for name in WORKER_MS:
+        print(f"{name:<46}" + "".join(f"{table[f][name]:>16.2f}" for f in folders))
+    print(f"{'after / before':<46}" + "".join(f"{table[f][WORKER_MS[6]] / table[f][WORKER_MS[5]]:>15.2f}x"
+                                              for f in folders))
+
+
 def loader_tables(folders: dict[str, list[Path]], args: argparse.Namespace, options: dict, transform: TrainTransform) -> None:
     """Per folder: clips/s of each loader under a DataLoader with each worker count, and the ratios."""
     header = f"{'loader':<34}" + "".join(f"{f'{w} workers':>12}" for w in args.workers)
@@ -247,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interleaved", type=int, default=0, metavar="ITEMS",
                         help="also measure ours (0 workers) and the decoders over ITEMS items, settings taking turns")
     parser.add_argument("--only-interleaved", action="store_true", help="skip the DataLoader table")
+    parser.add_argument("--worker-ms", type=int, default=0, metavar="ITEMS",
+                        help="also measure a worker's CPU ms per clip (decode, transform; before/after uint8 clips)")
+    parser.add_argument("--only-worker-ms", action="store_true", help="only the --worker-ms table")
     # The interleaved table runs first: pytorchvideo's decord path switches decord's bridge to torch in its process.
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -254,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         write_videos(args.make_videos, args.videos, args.video_frames, args.height, args.width, args.gop)
         return 0
     scale = tuple(args.scale or (args.crop, args.crop + 32))
-    transform = TrainTransform(args.crop, scale, (0.45,) * 3, (0.225,) * 3)
+    transform = TrainTransform(args.crop, scale)
     options = dict(num_frames=args.frames, sampling_rate=args.rate, crop_size=args.crop, train_scale=scale)
     with tempfile.TemporaryDirectory() as tmp:
         if args.videos_dir:
@@ -262,9 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folders = {"generated": write_videos(Path(tmp), args.videos, args.video_frames, args.height, args.width,
                                                  args.gop)}
-        print(f"clip {args.frames}x{args.rate}, scale {scale}, crop {args.crop}; batch 8; torch threads 1; clips/s")
+        print(f"clip {args.frames}x{args.rate}, scale {scale}, crop {args.crop}; batch 8; torch threads 1; clips/s; "
+              f"decord {decord.__version__} ({Path(decord.__file__).parent})")
         for folder, paths in folders.items():
             print(f"{folder}: {describe(paths)}")
+        if args.worker_ms:
+            print_worker_ms(folders, options, args.worker_ms)
+        if args.only_worker_ms:
+            return 0
         if args.interleaved:
             decoders = list(DECODERS) if args.decoders else ["decode: decord, 1 thread"]
             print(f"\ninterleaved, {args.interleaved} items per setting, in this process (0 workers)")

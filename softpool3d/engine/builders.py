@@ -55,8 +55,6 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         crop_size=data.crop_size,
         train_scale=tuple(data.train_scale),
         test_scale=data.test_scale,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
         seed=cfg.train.seed,
         repeat_aug=data.repeat_aug if train else 1,
     )

@@ -26,6 +26,7 @@ from softpool3d.engine.config import ConfigError, check_runnable, from_container
 from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
+from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,16 @@ class EvalResult:
         return per_class_accuracy(self.confusion)
 
 
+def forward_views(model: nn.Module, clips: torch.Tensor, device: torch.device, amp: str,
+                  normalizer: ClipNormalizer) -> torch.Tensor:
+    """Logits ``(N, K)`` of a loader batch of clips (uint8 ``(N, C, T, H, W)``): copied to ``device``,
+    normalized there (:func:`~softpool3d.engine.inputs.model_inputs`, as in training), then the
+    model under ``amp``'s autocast. The one way evaluation, the test and inference run the model."""
+    inputs = model_inputs(clips, device, normalizer)
+    with builders.autocast(device, amp):
+        return model(inputs)
+
+
 def _video_name(dataset: Dataset, index: int) -> str:
     videos = getattr(dataset, "videos", None)
     return str(videos[index]) if videos is not None else f"video {index}"
@@ -92,8 +103,11 @@ def evaluate(
     amp: str = "none",
     progress: bool = False,
     max_bad_fraction: float = 0.05,
+    *,
+    normalizer: ClipNormalizer,
 ) -> EvalResult:
-    """Evaluate ``model`` on every view of ``dataset`` (items ``(clip (C, T, H, W), label, video_index)``).
+    """Evaluate ``model`` on every view of ``dataset`` (items ``(clip (C, T, H, W), label, video_index)``),
+    each batch through :func:`forward_views` with ``normalizer``.
 
     ``dataset`` provides ``num_videos``, ``num_views`` and ``classes`` (and ``videos``, the paths,
     if it has them). A video with a view labelled ``UNREADABLE`` is left out of the result; if
@@ -122,8 +136,7 @@ def evaluate(
             clips, targets, video_index = clips[readable], targets[readable], video_index[readable]
             if not len(targets):
                 continue
-        with builders.autocast(dist_info.device, amp):
-            logits = model(clips.to(dist_info.device, non_blocking=True))
+        logits = forward_views(model, clips, dist_info.device, amp, normalizer)
         probabilities = logits.float().softmax(dim=1).double().cpu()
         sums.index_add_(0, video_index, probabilities)
         views.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
@@ -204,7 +217,8 @@ def test_model(model: nn.Module, dataset: Dataset, cfg: DictConfig, dist_info: D
     then reports the videos left out, writes :func:`write_predictions` into ``directory`` and logs the
     metrics under ``label`` (e.g. ``"test (split 'test')"``)."""
     result = evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, amp,
-                      progress=True, max_bad_fraction=cfg.data.max_bad_fraction)
+                      progress=True, max_bad_fraction=cfg.data.max_bad_fraction,
+                      normalizer=ClipNormalizer.from_config(cfg))
     if dist_info.is_main:
         report_left_out(result, label, already_reported)
         csv_path, json_path = write_predictions(result, directory)

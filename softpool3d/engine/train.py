@@ -52,6 +52,7 @@ from softpool3d.engine.distributed import (
     restart_count,
 )
 from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out, test_model
+from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_training_state
 from softpool3d.engine.optim import build_optimizer, build_scheduler
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
@@ -161,6 +162,7 @@ class _Trainer:
                                                 num_crops=cfg.data.num_crops) if cfg.train.test_after_train else None)
         self.left_out_reported: set[str] = set()
         self.amp, amp_reason = builders.resolve_amp(cfg.train.amp, self.device)
+        self.normalizer = ClipNormalizer.from_config(cfg)
         self.classes = list(self.train_set.classes)
         self.model = builders.build_model(cfg, len(self.classes)).to(self.device)
         self.sampler = ResumableDistributedSampler(
@@ -296,7 +298,7 @@ class _Trainer:
                 wait += time.perf_counter() - fetched
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
-                clips = clips.to(self.device, non_blocking=True)
+                clips = model_inputs(clips, self.device, self.normalizer)
                 labels = labels.to(self.device, non_blocking=True)
                 sync = micro == accumulate - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
@@ -376,7 +378,7 @@ class _Trainer:
     def _validate(self, epoch: int) -> float:
         cfg = self.cfg
         result = evaluate(self.model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                          self.amp, max_bad_fraction=cfg.data.max_bad_fraction)
+                          self.amp, max_bad_fraction=cfg.data.max_bad_fraction, normalizer=self.normalizer)
         if self.dist.is_main:
             report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
         logger.info("epoch %d: %s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),

@@ -12,6 +12,7 @@ from softpool3d.datasets import build_dataset
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler
 from softpool3d.engine.evaluate import UnreadableVideosError, evaluate, write_predictions
+from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
 
 
@@ -32,11 +33,13 @@ class Views(Dataset):
 
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+FLOAT_IN = ClipNormalizer((0.45,) * 3, (0.225,) * 3)
+"""Passes the float "clips" (logits) of these datasets to the model unchanged."""
 
 
 def test_softmax_is_averaged_over_each_videos_views():
     data = Views()
-    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4)
+    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4, normalizer=FLOAT_IN)
     reference = data.logits.double().softmax(1).reshape(data.num_videos, data.num_views, -1).mean(1)
     torch.testing.assert_close(result.probabilities, reference, rtol=1e-6, atol=1e-7)
     assert torch.equal(result.labels, data.labels) and (result.views == 3).all()
@@ -67,7 +70,7 @@ def test_topk_and_confusion_match_loops():
 
 
 def test_predictions_files_hold_every_video(tmp_path):
-    result = evaluate(torch.nn.Identity(), Views(), CPU, batch_size=5)
+    result = evaluate(torch.nn.Identity(), Views(), CPU, batch_size=5, normalizer=FLOAT_IN)
     csv_path, json_path = write_predictions(result, tmp_path)
     assert csv_path.read_text().count("\n") == 7 + 1
     summary = json.loads(json_path.read_text())
@@ -94,7 +97,7 @@ class WithUnreadable(Views):
 @pytest.mark.parametrize("bad_views", [(0, 1, 2), (1,)])
 def test_unreadable_videos_are_left_out_and_named(bad_views):
     data = WithUnreadable(bad_views=bad_views)
-    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4, max_bad_fraction=0.3)
+    result = evaluate(torch.nn.Identity(), data, CPU, batch_size=4, max_bad_fraction=0.3, normalizer=FLOAT_IN)
     kept = [v for v in range(data.num_videos) if v not in data.bad]
     reference = data.logits.double().softmax(1).reshape(data.num_videos, data.num_views, -1).mean(1)[kept]
     torch.testing.assert_close(result.probabilities, reference, rtol=1e-6, atol=1e-7)
@@ -107,12 +110,13 @@ def test_unreadable_videos_are_left_out_and_named(bad_views):
 
 def test_more_unreadable_videos_than_the_fraction_stop_naming_them():
     with pytest.raises(UnreadableVideosError, match=r"2 of 7 videos .*max_bad_fraction=0.25.*/data/v2.mp4, /data/v5.mp4"):
-        evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.25)
-    evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=2 / 7)
+        evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.25, normalizer=FLOAT_IN)
+    evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=2 / 7, normalizer=FLOAT_IN)
 
 
 def test_predictions_carry_the_video_path_and_what_was_left_out(tmp_path):
-    result = evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.5)
+    result = evaluate(torch.nn.Identity(), WithUnreadable(), CPU, batch_size=4, max_bad_fraction=0.5,
+                      normalizer=FLOAT_IN)
     csv_path, json_path = write_predictions(result, tmp_path)
     rows = list(csv.DictReader(csv_path.open()))
     assert [row["video"] for row in rows] == [f"/data/v{i}.mp4" for i in (0, 1, 3, 4, 6)]

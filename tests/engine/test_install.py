@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import setuptools
+from packaging.requirements import Requirement
+from setuptools.config.setupcfg import read_configuration
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "softpool3d", "models", "datasets", "configs")
@@ -74,3 +76,12 @@ def test_installed_console_scripts_run_the_demo_in_an_empty_folder(tmp_path):
     assert checkpoint.is_file() and (work / "runs" / "demo" / "test" / "predictions.csv").is_file()
     _run([str(venv / "bin" / "softpool3d-test"), str(checkpoint), "--out", "again"], work, env)
     assert (work / "again" / "predictions.csv").is_file()
+
+
+def test_decord2_is_required_and_decord_is_not():
+    """decord2 installs the same ``decord`` module as decord: requiring both would let the last one
+    installed win. (The full resolution, dependencies' requirements included, is checked once with the
+    network in BENCHMARKS.md: ``pip install --dry-run --report`` in a fresh venv.)"""
+    requires = read_configuration(REPO / "setup.cfg")["options"]["install_requires"]
+    names = [Requirement(line).name.lower() for line in requires]
+    assert "decord2" in names and "decord" not in names, requires
