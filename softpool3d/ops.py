@@ -62,6 +62,11 @@ def check_pool_args(
             f"soft_pool{dims}d expects a {dims + 2}-D (batched) or {dims + 1}-D (unbatched) input, "
             f"got input of shape {tuple(x.shape)}"
         )
+    if any(size == 0 for size in x.shape[x.dim() - dims - 1:]):
+        raise ValueError(
+            f"soft_pool{dims}d expects non-batch dimensions of positive length (as avg_pool{dims}d), "
+            f"got input of shape {tuple(x.shape)}"
+        )
     kernel = _ntuple(kernel_size, dims, "kernel_size")
     stride_ = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _ntuple(stride, dims, "stride")
     pad = _ntuple(padding, dims, "padding")

@@ -19,6 +19,10 @@ Geometry make_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArray
   TORCH_CHECK(x.dim() == 5, "softpool: expected a 5-D (N, C, T, H, W) input, got ", x.dim(), "-D");
   TORCH_CHECK(kernel.size() == 3 && stride.size() == 3 && padding.size() == 3,
               "softpool: kernel, stride and padding must have 3 entries");
+  // as avg_pool3d: a window over no data has no value (and the kernels would read outside x)
+  for (int d = 1; d < 5; ++d)
+    TORCH_CHECK(x.size(d) > 0, "softpool: expected an input whose non-batch dimensions (C, T, H, W) have positive "
+                "length, got shape ", x.sizes());
   Geometry g;
   for (int d = 0; d < 3; ++d) {
     g.in[d] = x.size(d + 2);
@@ -49,6 +53,19 @@ bool windows_tile(const Geometry& g) {
   return true;
 }
 
+// Refuses a saved output or output gradient t that is not of the output shape of x pooled by g,
+// or not of x's dtype and device: the kernels index it with the output's geometry.
+void check_output(const at::Tensor& x, const Geometry& g, const at::Tensor& t, const char* name) {
+  const std::vector<int64_t> sizes = {x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]};
+  const at::IntArrayRef expected(sizes);
+  TORCH_CHECK(t.sizes() == expected, "softpool: backward expected ", name, " of the output shape ", expected,
+              " (input ", x.sizes(), "), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "softpool: backward expected ", name, " on the input's device ", x.device(),
+              ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "softpool: backward expected ", name, " of the input's dtype ",
+              x.scalar_type(), ", got ", t.scalar_type());
+}
+
 at::Tensor forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
                    std::vector<int64_t> padding, bool ceil_mode, bool channels_last, bool per_element,
                    bool force_int64) {
@@ -69,7 +86,8 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
                     bool per_element, bool force_int64) {
   const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
   const at::MemoryFormat fmt = channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
-  TORCH_CHECK(grad.sizes() == y.sizes(), "softpool: grad shape ", grad.sizes(), " differs from output ", y.sizes());
+  check_output(x, g, y, "y");
+  check_output(x, g, grad, "grad");
   if (x.is_cuda()) {
 #ifdef SOFTPOOL_WITH_CUDA
     return backward_cuda(grad, x, y, g, fmt, force_int64);
