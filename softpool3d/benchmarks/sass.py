@@ -11,10 +11,10 @@ device code only), disassembles it with ``cuobjdump -sass`` and counts, for ever
 - ``div32``: runtime 32-bit integer divisions (each is an ``I2F.U32.RP``/``MUFU.RCP`` sequence of
   about 20 instructions), ``calls``: subroutine calls (64-bit divisions, slow-path ``exp``/``log``);
 - ``mufu``: special-function instructions (``MUFU.EX2``, ``MUFU.LG2``, ``MUFU.RCP``);
-- ``per_element``: instructions per element loaded in the loops, summed over the innermost loops:
-  each innermost loop's instruction count divided by its global loads (unrolled loops load
-  several elements per iteration), so a body that walks its window twice (max, then sums)
-  counts both walks.
+- ``loops``: instructions per element loaded of each innermost loop (its instruction count
+  divided by its global loads), costliest first: a window walk appears as nvcc's unrolled loop
+  (several elements an iteration) and its remainder loop, and a body that walks its window
+  twice (max, then sums) has both walks.
 
     python tools/bench_sass.py [--csrc softpool3d/csrc] [--dtype float] [--index int]
 """
@@ -107,7 +107,7 @@ class KernelCounts:
     div32: int
     calls: int
     mufu: int
-    per_element: float
+    loops: list[float]
 
 
 def count(instructions: list[tuple[int, str]]) -> KernelCounts:
@@ -117,19 +117,19 @@ def count(instructions: list[tuple[int, str]]) -> KernelCounts:
         target = BRANCH_TARGET.search(body[-1][1])
         if target and int(target.group(1), 16) == body[-1][0]:
             body = body[:-1]
-    loops = []  # (start address, branch address) of every backward branch
+    branches = []  # (start address, branch address) of every backward branch: the loops
     for address, instruction in body:
         target = BRANCH_TARGET.search(instruction)
         if target and int(target.group(1), 16) <= address:
-            loops.append((int(target.group(1), 16), address))
-    innermost = [(s, e) for s, e in set(loops) if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2 in loops)]
-    per_element = 0.0
+            branches.append((int(target.group(1), 16), address))
+    innermost = [(s, e) for s, e in set(branches)
+                 if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2 in branches)]
+    sizes = []  # (loads, instructions) of each innermost loop
     for start, end in innermost:
         inside = [i for a, i in body if start <= a <= end]
-        loads = sum(1 for i in inside if LOAD.match(opcode(i)))
-        if loads:
-            per_element += len(inside) / loads
-    first_loop = min((s for s, _ in loops), default=None)
+        sizes.append((sum(1 for i in inside if LOAD.match(opcode(i))), len(inside)))
+    loops = sorted((round(n / loads, 1) for loads, n in sizes if loads > 0), reverse=True)
+    first_loop = min((s for s, _ in branches), default=None)
     ops = [opcode(i) for _, i in body]
     return KernelCounts(
         total=len(body),
@@ -137,7 +137,7 @@ def count(instructions: list[tuple[int, str]]) -> KernelCounts:
         div32=sum(1 for o in ops if o.startswith("I2F") and ".RP" in o),
         calls=sum(1 for o in ops if o.startswith("CALL")),
         mufu=sum(1 for o in ops if o.startswith("MUFU")),
-        per_element=round(per_element, 1),
+        loops=loops,
     )
 
 
@@ -173,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", nargs="+", default=["int"], help="index types of the kernels to count (int, long)")
     args = parser.parse_args(argv)
     functions = build_and_disassemble(args.csrc)
-    print("| kernel | element, index | total | prologue | div32 | calls | mufu | per element |")
+    print("| kernel | element, index | total | prologue | div32 | calls | mufu | loops (instructions per element) |")
     print("|---|---|---|---|---|---|---|---|")
     for dtype in args.dtype:
         for index in args.index:
             for name, c in kernel_counts(functions, dtype, index).items():
                 print(f"| {name} | {dtype}, {index} | {c.total} | {c.prologue} | {c.div32} | {c.calls} | {c.mufu} "
-                      f"| {c.per_element} |")
+                      f"| {', '.join(map(str, c.loops))} |")
     return 0
 
 

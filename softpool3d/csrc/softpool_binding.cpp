@@ -5,12 +5,16 @@
 // output_size (T, H, W) in place of kernel, stride, padding and ceil_mode. channels_last picks
 // the memory format of the result; per_element makes the CPU run the CUDA kernels' per-index bodies (CUDA tensors always do);
 // force_int64 turns off their int32 index fast path; plan reports what the per-index launch does
-// (x, y and grad may be meta tensors).
+// (x, y and grad may be meta tensors). thread_coords and divide32 expose the index mapping and
+// the fast division to tests.
 // Device dispatch happens here; the autograd and torch.library registration live in ops.py.
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <limits>
+#include <map>
 #include <optional>
+#include <string>
 
 #include "softpool_launch.h"
 
@@ -50,6 +54,7 @@ Geometry make_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArray
     if (ceil_mode && (out - 1) * g.stride[d] >= g.in[d] + g.pad[d]) --out;
     g.out[d] = out;
   }
+  set_dividers(g);
   return g;
 }
 
@@ -64,13 +69,11 @@ Geometry make_adaptive_geometry(const at::Tensor& x, at::IntArrayRef output_size
     g.out[d] = output_size[d];
     g.pad[d] = 0;
     g.kernel[d] = 0;
-    for (int64_t o = 0; o < g.out[d]; ++o) {
-      int64_t begin, end;
-      window_range(g, d, o, &begin, &end);
-      g.kernel[d] = std::max(g.kernel[d], end - begin);
-    }
+    for (int64_t o = 0; o < g.out[d]; ++o)  // the longest window [floor(o in / out), ceil((o + 1) in / out))
+      g.kernel[d] = std::max(g.kernel[d], ((o + 1) * g.in[d] + g.out[d] - 1) / g.out[d] - o * g.in[d] / g.out[d]);
     g.stride[d] = g.in[d] % g.out[d] == 0 ? g.kernel[d] : 1;  // see windows_disjoint
   }
+  set_dividers(g);
   return g;
 }
 
@@ -147,8 +150,68 @@ pybind11::dict run_plan(const at::Tensor& x, const Geometry& g, const std::optio
   const Plan p = make_plan(x, g, y.value_or(at::Tensor()), grad.value_or(at::Tensor()), force_int64);
   pybind11::dict out;
   out["chunks"] = p.chunks;
+  out["groups"] = p.groups;
   out["backward"] = p.gather ? "gather" : "disjoint";
   out["index_bits"] = p.index32 ? 32 : 64;
+  out["channels_fastest"] = p.channels_fastest;
+  return out;
+}
+
+// A launch that runs nothing: it records, for the first `limit` indices of each body launched,
+// the coordinates (n, c, t, h, w, j) body.coord(i) gives (the element thread i works on).
+struct RecordLaunch {
+  std::map<std::string, at::Tensor>* records;
+  int64_t limit;
+
+  template <typename Body>
+  void operator()(const Body& body, int64_t count) const {
+    using index_t = typename Body::index_type;
+    const int64_t n = std::min(count, limit);
+    at::Tensor out = at::empty({n, 6}, at::kLong);
+    auto a = out.accessor<int64_t, 2>();
+    for (int64_t i = 0; i < n; ++i) {
+      const Coord<index_t> c = body.coord(static_cast<index_t>(i));
+      const int64_t values[6] = {c.n, c.c, c.t, c.h, c.w, c.j};
+      for (int k = 0; k < 6; ++k) a[i][k] = values[k];
+    }
+    (*records)[Body::name] = out;
+  }
+};
+
+// Thread coordinates of every body a per-index forward (or, when backward, backward) launch of x
+// runs, for tests of the index mapping.
+std::map<std::string, at::Tensor> thread_coords(const at::Tensor& x, std::vector<int64_t> kernel,
+                                                std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                                bool ceil_mode, bool backward, bool force_int64, int64_t limit) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, ceil_mode);
+  const at::MemoryFormat fmt = memory_format(x.size(1) > 1 && x.stride(1) == 1);
+  std::map<std::string, at::Tensor> records;
+  const RecordLaunch launch{&records, limit};
+  if (!backward) {
+    forward_per_index(launch, x, g, fmt, force_int64);
+    return records;
+  }
+  const at::Tensor y = at::zeros({x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]}, x.options().memory_format(fmt));
+  backward_per_index(launch, y, x, y, g, fmt, force_int64);
+  return records;
+}
+
+// n / d by the int32_t Divider of softpool_kernel.h, elementwise (int64 tensors of values in
+// [0, 2^31) and [1, 2^31)), for tests of the fast division.
+at::Tensor divide32(const at::Tensor& n, const at::Tensor& d) {
+  TORCH_CHECK(n.sizes() == d.sizes() && n.scalar_type() == at::kLong && d.scalar_type() == at::kLong,
+              "softpool: divide32 takes two int64 tensors of one shape");
+  const at::Tensor nc = n.contiguous(), dc = d.contiguous();
+  at::Tensor out = at::empty_like(nc);
+  const int64_t* np = nc.const_data_ptr<int64_t>();
+  const int64_t* dp = dc.const_data_ptr<int64_t>();
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < nc.numel(); ++i) {
+    TORCH_CHECK(np[i] >= 0 && np[i] <= std::numeric_limits<int32_t>::max() && dp[i] >= 1 &&
+                    dp[i] <= std::numeric_limits<int32_t>::max(),
+                "softpool: divide32 operands out of range: ", np[i], " / ", dp[i]);
+    op[i] = Divider<int32_t>(static_cast<int32_t>(dp[i])).div(static_cast<int32_t>(np[i]));
+  }
   return out;
 }
 
@@ -199,6 +262,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("plan", &softpool::plan, "What the per-index (CUDA) launch runs: chunks per window, backward kind, index bits",
         py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
         py::arg("y") = py::none(), py::arg("grad") = py::none(), py::arg("force_int64") = false);
+  m.def("thread_coords", &softpool::thread_coords,
+        "Tests: the (n, c, t, h, w, j) each thread index of each per-index body works on", py::arg("x"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"), py::arg("backward"),
+        py::arg("force_int64") = false, py::arg("limit") = 4096);
+  m.def("divide32", &softpool::divide32, "Tests: n / d by the int32 fast divider", py::arg("n"), py::arg("d"));
   m.def("adaptive_forward", &softpool::adaptive_forward, "Adaptive SoftPool 3-D forward on (N, C, T, H, W)",
         py::arg("x"), py::arg("output_size"), py::arg("channels_last"), py::arg("per_element"),
         py::arg("force_int64") = false);
