@@ -3,9 +3,9 @@
 // per_element, force_int64=False) and plan(x, kernel, stride, padding, ceil_mode, y=None,
 // grad=None, force_int64=False); adaptive_forward, adaptive_backward and adaptive_plan take
 // output_size (T, H, W) in place of kernel, stride, padding and ceil_mode. channels_last picks
-// the memory format of the result; per_element makes the CPU run the CUDA kernels' per-index bodies (CUDA tensors always do);
-// force_int64 turns off their int32 index fast path; plan reports what the per-index launch does
-// (x, y and grad may be meta tensors). thread_coords and divide32 expose the index mapping and
+// the memory format of the result; per_element makes the CPU run the CUDA kernels' per-index
+// bodies (CUDA tensors always do); force_int64 turns off their int32 index fast path; plan reports
+// what the per-index launch does (x, y and grad may be meta tensors). thread_coords and divide32 expose the index mapping and
 // the fast division to tests.
 // Device dispatch happens here; the autograd and torch.library registration live in ops.py.
 #include <torch/extension.h>

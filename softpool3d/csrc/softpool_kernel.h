@@ -157,8 +157,8 @@ struct Divider<int32_t> {
   Divider() = default;
   explicit Divider(int32_t d) : divisor(d), shift(0) {
     while (shift < 31 && (uint32_t(1) << shift) < static_cast<uint32_t>(d)) ++shift;
-    const uint64_t one = 1;
-    magic = static_cast<uint32_t>(((one << 32) * ((one << shift) - static_cast<uint64_t>(d))) / static_cast<uint64_t>(d) + 1);
+    const uint64_t one = 1, divisor = static_cast<uint64_t>(d);
+    magic = static_cast<uint32_t>(((one << 32) * ((one << shift) - divisor)) / divisor + 1);
   }
   SP_HD int32_t div(int32_t n) const {
 #ifdef __CUDA_ARCH__
