@@ -475,7 +475,7 @@ struct PartialBody {
   index_t count, count_outputs;
   Divider<index_t> chunks, channels, box_w, box_h;  // box_w, box_h: kernel[2], kernel[1]
   index_t step[3];                                   // chunks as a (T, H, W) step through the box
-  index_t per_chunk;                                 // ceil(box volume / chunks): the walk's trip count
+  index_t per_chunk, longer;  // chunk j holds per_chunk + (j < longer) box elements (volume / chunks, volume % chunks)
   Unravel<index_t> outputs;
   Strides<index_t> xs;
 
@@ -515,23 +515,27 @@ struct PartialBody {
 
   // Calls f(v) for every element of chunk j of the box at origin (ot, oh, ow) inside window win;
   // `cut`: the window is smaller than the box (padding, ceil_mode, adaptive), so every element is
-  // checked against it. The element offset follows the walk by additions.
-  template <bool cut, typename F>
+  // checked against it; `flat`: the box's rows and planes follow each other in memory (a window
+  // spanning whole H and W rows, as global pools do), so its elements are one arithmetic sequence.
+  // The element offset follows the walk by additions; the trip count needs no division.
+  template <bool cut, bool flat, typename F>
   SP_HD void walk(const scalar_t* p, index_t j, index_t ot, index_t oh, index_t ow, const WindowT<index_t>& win,
                   const F& f) const {
     index_t t, h, w;
     first(j, &t, &h, &w);
     index_t at = (ot + t) * xs.s[2] + (oh + h) * xs.s[3] + (ow + w) * xs.s[4];
+    const index_t n = per_chunk + (j < longer ? 1 : 0);
+    if (flat) {
+      const index_t advance = chunks.divisor * xs.s[4];
+      for (index_t k = 0; k < n; ++k, at += advance) f(static_cast<acc_t>(p[at]));
+      return;
+    }
     const index_t advance = step[0] * xs.s[2] + step[1] * xs.s[3] + step[2] * xs.s[4];
     const index_t wrap_w = xs.s[3] - g.kernel[2] * xs.s[4], wrap_h = xs.s[2] - g.kernel[1] * xs.s[3];
-    // a trip count fixed for the launch (not (volume - j) / chunks: no division to unroll the loop);
-    // elements past the box end have t >= kernel[0]
-    for (index_t k = 0; k < per_chunk; ++k) {
-      bool inside = t < g.kernel[0];
-      if (cut)
-        inside = inside && ot + t >= win.t0 && ot + t < win.t1 && oh + h >= win.h0 && oh + h < win.h1 &&
-                 ow + w >= win.w0 && ow + w < win.w1;
-      if (inside) f(static_cast<acc_t>(p[at]));
+    for (index_t k = 0; k < n; ++k) {
+      if (!cut || (ot + t >= win.t0 && ot + t < win.t1 && oh + h >= win.h0 && oh + h < win.h1 && ow + w >= win.w0 &&
+                   ow + w < win.w1))
+        f(static_cast<acc_t>(p[at]));
       at += advance;
       w += step[2];
       if (w >= g.kernel[2]) {
@@ -550,14 +554,14 @@ struct PartialBody {
   }
 
   // Max, then sum exp(x - m) and sum exp(x - m) (x - m), of chunk j (see walk).
-  template <bool cut>
+  template <bool cut, bool flat>
   SP_HD void reduce(const scalar_t* p, index_t j, index_t ot, index_t oh, index_t ow, const WindowT<index_t>& win,
                     acc_t* m, acc_t* s, acc_t* ws) const {
     acc_t mx = -static_cast<acc_t>(INFINITY);
-    walk<cut>(p, j, ot, oh, ow, win, [&](acc_t v) { mx = v > mx ? v : mx; });
+    walk<cut, flat>(p, j, ot, oh, ow, win, [&](acc_t v) { mx = v > mx ? v : mx; });
     const acc_t ms = Exp2::scale(mx);
     acc_t sum = 0, weighted = 0;
-    walk<cut>(p, j, ot, oh, ow, win, [&](acc_t v) {
+    walk<cut, flat>(p, j, ot, oh, ow, win, [&](acc_t v) {
       const acc_t e = Exp2::exp(Exp2::scale(v) - ms);
       sum += e;
       weighted += e * (v - mx);
@@ -575,8 +579,10 @@ struct PartialBody {
     const index_t ot = window_origin(g, 0, o.t), oh = window_origin(g, 1, o.h), ow = window_origin(g, 2, o.w);
     const scalar_t* p = x + plane_offset(xs, o);
     acc_t m, s, ws;
-    if (win.volume() == g.kernel[0] * g.kernel[1] * g.kernel[2]) reduce<false>(p, o.j, ot, oh, ow, win, &m, &s, &ws);
-    else reduce<true>(p, o.j, ot, oh, ow, win, &m, &s, &ws);
+    const bool flat = xs.s[3] == g.kernel[2] * xs.s[4] && xs.s[2] == g.kernel[1] * xs.s[3];
+    if (win.volume() != g.kernel[0] * g.kernel[1] * g.kernel[2]) reduce<true, false>(p, o.j, ot, oh, ow, win, &m, &s, &ws);
+    else if (flat) reduce<false, true>(p, o.j, ot, oh, ow, win, &m, &s, &ws);
+    else reduce<false, false>(p, o.j, ot, oh, ow, win, &m, &s, &ws);
     const index_t at = o.j * count_outputs + linear;
     partials[at] = m;
     partials[count + at] = s;

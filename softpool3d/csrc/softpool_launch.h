@@ -155,7 +155,8 @@ void launch_forward(const Launch& launch, const at::Tensor& x, const Plan& plan,
   launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, count, outputs, Divider<index_t>(chunks),
                                                Divider<index_t>(channels), Divider<index_t>(g.kernel[2]),
                                                Divider<index_t>(g.kernel[1]), {step[0], step[1], step[2]},
-                                               static_cast<index_t>((kernel_volume(geo) + plan.chunks - 1) / plan.chunks),
+                                               static_cast<index_t>(kernel_volume(geo) / plan.chunks),
+                                               static_cast<index_t>(kernel_volume(geo) % plan.chunks),
                                                order, xs},
          count);
   const acc_t* last = pp;
