@@ -1,8 +1,9 @@
 """Just-in-time build and load of the fused SoftPool extension (``softpool3d/csrc``).
 
 The CPU kernel is built with ``torch.utils.cpp_extension.load`` into torch's extensions
-cache on first use; the CUDA kernel is added when ``torch.cuda.is_available()``. Each build
-lives in a folder named by a digest of its sources, flags and torch version, and compiles
+cache on first use; a CUDA tensor loads a second build that adds the CUDA kernel (CPU tensors
+never need nvcc, even on a GPU host). Each build lives in a folder named by a digest of its
+sources, flags, torch version and, for a CUDA build, the CUDA architectures it compiles for, and compiles
 copies of the sources kept in that folder: checkouts with identical sources share one build,
 and different sources (another branch, an edited kernel) get their own folder instead of
 rebuilding each other's. The build holds an OS-level file lock in its folder, so DDP ranks,
@@ -48,14 +49,28 @@ def _cpp_extension() -> ModuleType:
     return cpp_extension
 
 
+def cuda_architectures() -> str:
+    """The CUDA architectures a CUDA build compiles for, as ``torch.utils.cpp_extension`` picks
+    them: ``TORCH_CUDA_ARCH_LIST``, else the compute capabilities of the visible GPUs."""
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if listed:
+        return " ".join(listed.replace(";", " ").split())
+    if not torch.cuda.is_available():
+        return ""
+    capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return " ".join(f"{major}.{minor}" for major, minor in sorted(capabilities))
+
+
 def build_name(with_cuda: bool) -> str:
-    """``softpool3d_{cpu,cuda}_<digest>``: the digest covers every file in ``csrc``, the flags
-    and torch's version, so a build is reused exactly when it would come out the same."""
+    """``softpool3d_{cpu,cuda}_<digest>``: the digest covers every file in ``csrc``, the flags,
+    torch's version and, for a CUDA build, :func:`cuda_architectures`, so a build is reused exactly
+    when it would come out the same (a cache shared by A100 and H100 nodes keeps one build each)."""
     digest = hashlib.sha256()
     for path in sorted(CSRC.iterdir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    digest.update(repr((with_cuda, CFLAGS, CUDA_CFLAGS, OPENMP, torch.__version__)).encode())
+    architectures = cuda_architectures() if with_cuda else ""
+    digest.update(repr((with_cuda, CFLAGS, CUDA_CFLAGS, OPENMP, torch.__version__, architectures)).encode())
     return f"softpool3d_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:16]}"
 
 
@@ -125,6 +140,5 @@ def for_device(device: torch.device) -> ModuleType | None:
     if device.type == "cuda":
         return load(True)
     if device.type == "cpu":
-        # the CUDA build holds the CPU kernel too; without nvcc the CPU-only build still works
-        return (load(True) if torch.cuda.is_available() else None) or load(False)
+        return load(False)
     return None

@@ -1,5 +1,6 @@
-"""Prebuild the fused SoftPool extension into torch's extensions cache (``TORCH_EXTENSIONS_DIR``),
-with the CUDA kernel when CUDA is available, showing the full compiler log.
+"""Prebuild the fused SoftPool extension into torch's extensions cache (``TORCH_EXTENSIONS_DIR``):
+the CPU build (which CPU tensors use), and the CUDA build when CUDA is available, showing the full
+compiler log.
 
     python tools/build_extension.py
     python tools/build_extension.py --cpu-only
@@ -20,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-only", action="store_true", help="build without the CUDA kernel")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with_cuda = torch.cuda.is_available() and not args.cpu_only
-    module = extension.build(with_cuda, verbose=True)
-    logging.info("built %s (%s)", module.__file__, "CPU + CUDA" if with_cuda else "CPU")
+    for with_cuda in (False, True) if torch.cuda.is_available() and not args.cpu_only else (False,):
+        module = extension.build(with_cuda, verbose=True)
+        logging.info("built %s (%s)", module.__file__, "CPU + CUDA" if with_cuda else "CPU")
     return 0
 
 

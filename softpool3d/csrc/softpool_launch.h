@@ -15,31 +15,43 @@
 
 namespace softpool {
 
-// Windows of more than kSplitAbove elements are split into c = ceil(kernel volume / kChunk)
-// chunks, each reduced by its own thread (chunk j takes elements j, j + c, j + 2c, ..., at most
-// kChunk of them, so that a warp reads neighbouring elements); shorter windows run one thread per
-// output.
+// Windows of more than kSplitAbove elements are split into chunks, each reduced by its own
+// thread (chunk j takes elements j, j + c, j + 2c, ... of the window's kernel box, so that a
+// warp reads neighbouring elements): c = ceil(kernel volume / kChunk) chunks of at most kChunk
+// elements, but no more than kSplitThreads threads in all. Splitting pays only while the outputs
+// alone leave the GPU idle (an H100 holds 132 x 2,048 = 270,336 resident threads): with
+// kSplitThreads / 2 outputs or more, one thread per output already fills it and nothing is split.
+// This also caps the partials at 3 x (kSplitThreads + kSplitThreads / kGroup + outputs)
+// accumulators with outputs < kSplitThreads / 2 (under 10 MB in float64) whatever the stride;
+// overlapping long windows used to take 3 x outputs x chunks (4 GB for the index-width test's
+// 16,384 x 16,128 outputs of 257 elements, which now run one thread per output).
+// Windows of more than kGroup chunks merge their partials in two levels: groups of kGroup chunks,
+// one thread each, then one thread per output over its groups.
 //
 // X3D-S's first squeeze-excitation pool at batch 8 has 8 x 24 = 192 outputs of 16 x 56 x 56 =
-// 50,176 elements. One thread per output launches 192 threads that each loop over 50,176 elements,
-// on a GPU that holds about 270,000 resident threads (H100: 132 SMs x 2,048). Split into 784 chunks
-// of 64, pass 1 launches 192 x 784 = 150,528 threads of 64 elements each (588 blocks of 256, 4.5
-// per SM, 56 % of the resident threads; chunks of 32 would launch 301,056, more than fit, and
-// double the combine), and the combine 192 threads of 784 partials each. Its backward runs one
-// thread per input, 8 x 24 x 50,176 = 9,633,792 threads of one window each, instead of one thread
-// per output writing its 50,176 inputs. The global head pool of X3D-S at batch 8 (8 x 432 outputs
-// of 16 x 7 x 7 = 784 elements) becomes 3,456 x 13 = 44,928 threads of at most 64 elements instead
-// of 3,456 threads of 784. Windows of at most 256 elements (every 3 x 3 x 3 or 2 x 2 x 2 pool) keep
-// one thread per output. The chunks depend on the kernel only, not on the batch, so neither do the
-// results.
+// 50,176 elements: 784 chunks of 64, 150,528 threads of 64 elements each (588 blocks of 256, 56 % of
+// the resident threads), then 192 x 25 group threads of 32 partials and 192 output threads of 25
+// (instead of 192 threads of 784 partials, read twice). Its backward runs one thread per input.
+// The global head pool of X3D-S at batch 8 (8 x 432 outputs of 16 x 7 x 7 = 784 elements) becomes
+// 3,456 x 13 = 44,928 threads of at most 64 elements. Windows of at most 256 elements (every
+// 3 x 3 x 3 or 2 x 2 x 2 pool) keep one thread per output. The chunks depend on the kernel and the
+// output count, so a batch large enough to fill the GPU turns the split off.
 constexpr int64_t kChunk = 64;
 constexpr int64_t kSplitAbove = 256;
+constexpr int64_t kSplitThreads = int64_t(1) << 18;
+constexpr int64_t kGroup = 32;
 
-// Chunks per window: 1 (no split) or enough kChunk-element chunks for the largest window.
-inline int64_t chunks_per_window(const Geometry& g) {
-  const int64_t volume = g.kernel[0] * g.kernel[1] * g.kernel[2];
-  return volume > kSplitAbove ? (volume + kChunk - 1) / kChunk : 1;
+inline int64_t kernel_volume(const Geometry& g) { return g.kernel[0] * g.kernel[1] * g.kernel[2]; }
+
+// Chunks per window of `outputs` outputs: 1 (no split) or up to ceil(volume / kChunk).
+inline int64_t chunks_per_window(const Geometry& g, int64_t outputs) {
+  const int64_t volume = kernel_volume(g);
+  if (volume <= kSplitAbove) return 1;
+  return std::max<int64_t>(1, std::min((volume + kChunk - 1) / kChunk, kSplitThreads / std::max<int64_t>(outputs, 1)));
 }
+
+// Groups of kGroup chunks merged by the second level, or 0 (the combine reads the chunks).
+inline int64_t groups_of(int64_t chunks) { return chunks > kGroup ? (chunks + kGroup - 1) / kGroup : 0; }
 
 // 1 + the largest element offset of a tensor of these sizes and strides, or its element count
 // when larger (expanded dimensions), so that both offsets and linear indices stay below it.
@@ -55,7 +67,8 @@ inline int64_t index_bound(at::IntArrayRef sizes, at::IntArrayRef strides) {
 
 // Whether int32_t arithmetic can run a launch: every thread index of its grids (threads, before
 // rounding up to whole blocks), every offset and index of its tensors (sizes and strides) and
-// every coordinate the window arithmetic forms stay below 2^31.
+// every coordinate the window arithmetic forms (adaptive windows: products of an index and a size)
+// stay below 2^31.
 inline bool index_fits_int32(const std::vector<int64_t>& threads, const std::vector<at::IntArrayRef>& sizes,
                              const std::vector<at::IntArrayRef>& strides, const Geometry& g) {
   const int64_t limit = std::numeric_limits<int32_t>::max();
@@ -64,15 +77,19 @@ inline bool index_fits_int32(const std::vector<int64_t>& threads, const std::vec
   for (size_t k = 0; k < sizes.size(); ++k)
     if (index_bound(sizes[k], strides[k]) > limit) return false;
   for (int d = 0; d < 3; ++d)
-    if (g.in[d] + 2 * g.pad[d] + g.kernel[d] + g.stride[d] > limit) return false;
+    if (g.in[d] + 2 * g.pad[d] + g.kernel[d] + g.stride[d] > limit ||
+        (g.adaptive && (g.in[d] + 1) * (g.out[d] + 1) > limit))
+      return false;
   return true;
 }
 
 // What one forward or backward call launches.
 struct Plan {
-  int64_t chunks;  // chunks per window (1: one thread per output)
-  bool gather;     // backward runs one thread per input (else one per output: disjoint short windows)
-  bool index32;    // int32_t index arithmetic
+  int64_t chunks;          // chunks per window (1: one thread per output)
+  int64_t groups;          // groups of chunks merged by a second level (0: none)
+  bool gather;             // backward runs one thread per input (else one per output: disjoint short windows)
+  bool index32;            // int32_t index arithmetic
+  bool channels_fastest;   // thread indices walk C fastest (the input's channel stride is 1), else W
 };
 
 // The plan for x (any strides) pooled by g, with outputs allocated densely. For a backward,
@@ -81,14 +98,16 @@ struct Plan {
 inline Plan make_plan(const at::Tensor& x, const Geometry& g, const at::Tensor& y, const at::Tensor& grad,
                       bool force_int64) {
   Plan plan;
-  plan.chunks = chunks_per_window(g);
-  const bool backward = grad.defined();
-  plan.gather = plan.chunks > 1 || !windows_disjoint(g);
   const int64_t outputs = x.size(0) * x.size(1) * g.out[0] * g.out[1] * g.out[2];
-  const int64_t partials = plan.chunks > 1 ? 3 * outputs * plan.chunks : 0;
-  const std::vector<int64_t> dense = {outputs, partials, plan.chunks * (kChunk + 1)};
+  plan.chunks = chunks_per_window(g, outputs);
+  plan.groups = groups_of(plan.chunks);
+  const bool backward = grad.defined();
+  plan.gather = kernel_volume(g) > kSplitAbove || !windows_disjoint(g);
+  plan.channels_fastest = x.size(1) > 1 && x.stride(1) == 1;
+  const int64_t partials = plan.chunks > 1 ? 3 * outputs * (plan.chunks + plan.groups) : 0;
+  const std::vector<int64_t> dense = {outputs, partials, kernel_volume(g) + plan.chunks};
   const int64_t unit = 1;
-  std::vector<int64_t> threads = {outputs, outputs * plan.chunks};
+  std::vector<int64_t> threads = {outputs, outputs * plan.chunks, outputs * plan.groups};
   std::vector<at::IntArrayRef> sizes = {x.sizes()}, strides = {x.strides()};
   for (const int64_t& n : dense) {
     sizes.emplace_back(n);
@@ -112,26 +131,45 @@ Strides<index_t> strides_of(const at::Tensor& t) {
   return out;
 }
 
-// Forward (y) or log-sum-exp (lse) of every output: one body per output, or the two split passes.
+// Forward (y) or log-sum-exp (lse) of every output: one body per output, or the split passes.
 template <typename scalar_t, typename acc_t, typename index_t, typename Launch>
 void launch_forward(const Launch& launch, const at::Tensor& x, const Plan& plan, const Geometry& geo, scalar_t* y,
                     const Strides<index_t>& ys, acc_t* lse, const Strides<index_t>& ls) {
   const GeometryT<index_t> g = narrow_geometry<index_t>(geo);
   const index_t channels = static_cast<index_t>(x.size(1));
   const index_t outputs = static_cast<index_t>(x.size(0)) * channels * g.out[0] * g.out[1] * g.out[2];
+  const Unravel<index_t> order(channels, g.out, plan.channels_fastest);
+  const Strides<index_t> xs = strides_of<index_t>(x);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   if (plan.chunks == 1) {
-    launch(ForwardBody<scalar_t, acc_t, index_t>{xp, y, lse, g, channels, outputs, strides_of<index_t>(x), ys, ls},
-           outputs);
+    launch(ForwardBody<scalar_t, acc_t, index_t>{xp, y, lse, g, outputs, order, xs, ys, ls}, outputs);
     return;
   }
-  const index_t chunks = static_cast<index_t>(plan.chunks);
-  at::Tensor partials = at::empty({3 * static_cast<int64_t>(outputs) * plan.chunks},
+  const index_t chunks = static_cast<index_t>(plan.chunks), groups = static_cast<index_t>(plan.groups);
+  at::Tensor partials = at::empty({3 * static_cast<int64_t>(outputs) * (plan.chunks + plan.groups)},
                                   x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* pp = partials.mutable_data_ptr<acc_t>();
-  launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, channels, outputs * chunks, chunks, strides_of<index_t>(x)},
-         outputs * chunks);
-  launch(CombineBody<scalar_t, acc_t, index_t>{pp, y, lse, g, channels, outputs, chunks, ys, ls}, outputs);
+  const index_t count = outputs * chunks;
+  const index_t box_plane = g.kernel[1] * g.kernel[2];
+  const index_t step[3] = {chunks / box_plane, chunks / g.kernel[2] % g.kernel[1], chunks % g.kernel[2]};
+  launch(PartialBody<scalar_t, acc_t, index_t>{xp, pp, g, count, outputs, Divider<index_t>(chunks),
+                                               Divider<index_t>(channels), Divider<index_t>(g.kernel[2]),
+                                               Divider<index_t>(g.kernel[1]), {step[0], step[1], step[2]},
+                                               static_cast<index_t>(kernel_volume(geo) / plan.chunks),
+                                               static_cast<index_t>(kernel_volume(geo) % plan.chunks),
+                                               order, xs},
+         count);
+  const acc_t* last = pp;
+  index_t parts = chunks;
+  if (groups > 0) {
+    acc_t* merged = pp + 3 * static_cast<int64_t>(count);
+    launch(GroupBody<acc_t, index_t>{pp, merged, outputs * groups, outputs, chunks, static_cast<index_t>(kGroup),
+                                     Divider<index_t>(outputs), order},
+           outputs * groups);
+    last = merged;
+    parts = groups;
+  }
+  launch(CombineBody<scalar_t, acc_t, index_t>{last, y, lse, outputs, parts, order, ys, ls}, outputs);
 }
 
 template <typename Launch>
@@ -166,25 +204,32 @@ at::Tensor backward_per_index(const Launch& launch, const at::Tensor& grad, cons
       using index_t = decltype(index);
       const GeometryT<index_t> gi = narrow_geometry<index_t>(g);
       const index_t channels = static_cast<index_t>(x.size(1));
+      const bool cfast = plan.channels_fastest;
       const scalar_t* gp = grad.const_data_ptr<scalar_t>();
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       const scalar_t* yp = y.const_data_ptr<scalar_t>();
       scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
       if (!plan.gather) {
-        launch(DisjointBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, dp, gi, channels,
-                                                              static_cast<index_t>(y.numel()), strides_of<index_t>(grad),
-                                                              strides_of<index_t>(x), strides_of<index_t>(y),
-                                                              strides_of<index_t>(dx)},
+        launch(DisjointBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, dp, gi, static_cast<index_t>(y.numel()),
+                                                              Unravel<index_t>(channels, gi.out, cfast),
+                                                              strides_of<index_t>(grad), strides_of<index_t>(x),
+                                                              strides_of<index_t>(y), strides_of<index_t>(dx)},
                y.numel());
         return;
       }
-      at::Tensor lse = at::empty(y.sizes(), x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      // laid out like the outputs' thread order, so that the forward writes and the gather reads it coalesced
+      at::Tensor lse = at::empty(y.sizes(), x.options()
+                                                .dtype(c10::CppTypeToScalarType<acc_t>::value)
+                                                .memory_format(cfast ? at::MemoryFormat::ChannelsLast3d
+                                                                     : at::MemoryFormat::Contiguous));
       launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, nullptr, Strides<index_t>{},
                                                lse.mutable_data_ptr<acc_t>(), strides_of<index_t>(lse));
-      launch(GatherBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, lse.const_data_ptr<acc_t>(), dp, gi, channels,
-                                                          static_cast<index_t>(x.numel()), strides_of<index_t>(grad),
-                                                          strides_of<index_t>(x), strides_of<index_t>(y),
-                                                          strides_of<index_t>(lse), strides_of<index_t>(dx)},
+      launch(GatherBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, lse.const_data_ptr<acc_t>(), dp, gi,
+                                                          static_cast<index_t>(x.numel()),
+                                                          Unravel<index_t>(channels, gi.in, cfast),
+                                                          strides_of<index_t>(grad), strides_of<index_t>(x),
+                                                          strides_of<index_t>(y), strides_of<index_t>(lse),
+                                                          strides_of<index_t>(dx)},
              x.numel());
     };
     if (plan.index32) run(int32_t{});

@@ -81,3 +81,39 @@ def test_build_name_follows_the_sources_not_their_place(tmp_path, monkeypatch):
     kernel = copy / "softpool_kernel.h"
     kernel.write_text(kernel.read_text() + "\n// edited\n")
     assert extension.build_name(with_cuda=False) != original
+
+
+def test_cuda_build_name_follows_the_cuda_architectures(monkeypatch):
+    """A CUDA build is named by the architectures it compiles for (TORCH_CUDA_ARCH_LIST, else the
+    visible GPUs' capabilities), so A100 and H100 nodes sharing a cache keep one build each; the
+    CPU build's name does not depend on them."""
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    capability = {"value": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability["value"])
+    a100 = extension.build_name(with_cuda=True), extension.build_name(with_cuda=False)
+    assert extension.cuda_architectures() == "8.0"
+    capability["value"] = (9, 0)
+    h100 = extension.build_name(with_cuda=True), extension.build_name(with_cuda=False)
+    assert a100[0] != h100[0] and a100[1] == h100[1]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    listed = extension.build_name(with_cuda=True)
+    assert extension.cuda_architectures() == "8.0 9.0" and listed not in (a100[0], h100[0])
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0 9.0")
+    assert extension.build_name(with_cuda=True) == listed
+
+
+def test_cpu_tensors_on_a_gpu_host_load_the_cpu_build(monkeypatch):
+    """A CPU tensor never asks for the CUDA build (and so never for nvcc), GPU or not."""
+    built = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(extension, "build", lambda with_cuda, verbose=False: built.append(with_cuda) or f"build{with_cuda}")
+    extension.load.cache_clear()
+    try:
+        assert extension.for_device(torch.device("cpu")) == "buildFalse"
+        assert built == [False]
+        assert extension.for_device(torch.device("cuda")) == "buildTrue"
+        assert built == [False, True]
+    finally:
+        extension.load.cache_clear()

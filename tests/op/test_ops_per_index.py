@@ -184,9 +184,8 @@ LIMIT = 2**31
         ((2, 1, 1024, 1024, 1023), (2, 2, 2), 32),  # 2^31 - 2^21 elements
         ((1, 2, 1024, 1024, 1024), (2, 2, 2), 64),  # 2^31 elements
         ((8, 24, 16, 56, 56), (16, 56, 56), 32),  # X3D-S's first SE pool at batch 8
-        # x fits, but the split of overlapping long windows does not: 16,384 x 16,128 outputs of
-        # 5 chunks need 3 x 5 x 264,241,152 partials
-        ((1, 1, 1, 16384, 16384), (1, 1, 257), 64),
+        # 16,384 x 16,128 overlapping long windows fill the GPU unsplit: no partials to index
+        ((1, 1, 1, 16384, 16384), (1, 1, 257), 32),
         ((1, 1, 1, 4096, 16384), (1, 1, 257), 32),
     ],
 )
@@ -196,6 +195,30 @@ def test_index_width_near_two_to_the_31(module, shape, kernel, bits):
     assert module.plan(x, *args)["index_bits"] == bits
     y = meta(F.avg_pool3d(torch.empty(shape, device="meta"), kernel, args[1]).shape)
     assert module.plan(x, *args, y=y, grad=y)["index_bits"] == bits
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride,chunks,groups",
+    [
+        ((8, 24, 16, 56, 56), (16, 56, 56), (16, 56, 56), 784, 25),  # X3D-S's first SE pool at batch 8
+        ((2048, 24, 16, 56, 56), (16, 56, 56), (16, 56, 56), 5, 0),  # 49,152 outputs: 5 chunks fill the GPU
+        ((8192, 24, 16, 56, 56), (16, 56, 56), (16, 56, 56), 1, 0),  # 196,608 outputs: no split
+        ((8, 432, 16, 7, 7), (16, 7, 7), (16, 7, 7), 13, 0),  # X3D-S's head pool
+        ((1, 1, 1, 16384, 16384), (1, 1, 257), (1, 1, 1), 1, 0),  # 264,241,152 overlapping windows
+        ((1, 1, 1, 64, 16384), (1, 1, 257), (1, 1, 1), 1, 0),  # 1,032,192 outputs
+        ((1, 1, 1, 4, 2000), (1, 1, 257), (1, 1, 1), 5, 0),  # 6,976 outputs
+    ],
+)
+def test_split_only_where_it_pays_with_capped_partials(module, shape, kernel, stride, chunks, groups):
+    """Long windows are split into at most ceil(volume / 64) chunks while the outputs alone leave the
+    GPU idle (fewer than 2^17), into no more than 2^18 threads; so the partials (3 per chunk and per
+    group of 32 chunks) stay under 3 x (2^18 + 2^13 + outputs) accumulators whatever the stride."""
+    x = meta(shape)
+    plan = module.plan(x, list(kernel), list(stride), [0, 0, 0], False)
+    assert (plan["chunks"], plan["groups"]) == (chunks, groups)
+    outputs = math.prod(F.avg_pool3d(torch.empty(shape, device="meta"), kernel, stride).shape)
+    partials = 3 * outputs * (chunks + groups) if chunks > 1 else 0
+    assert partials <= 3 * (2**18 + 2**13 + outputs) and partials * 8 < 10 * 2**20
 
 
 def test_index_width_counts_every_tensors_strides(module):
@@ -293,3 +316,66 @@ def test_cuda_split_long_windows_equal_formula(shape, args):
     dx = module.backward(grad.cuda(), x.cuda(), y, *args, False, False)
     assert ((y.cpu().double() - y_ref).abs().max() / y_ref.abs().max()).item() < 2e-5
     assert ((dx.cpu().double() - dx_ref).abs().max() / dx_ref.abs().max()).item() < 2e-5
+
+
+# (input shape, kernel, stride, padding, ceil_mode): disjoint short windows, overlapping windows,
+# and long windows split into chunks (and into groups of chunks)
+MAPPING = [
+    ((2, 4, 4, 6, 8), (2, 2, 2), (2, 2, 2), (0, 0, 0), False),
+    ((2, 4, 5, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), False),
+    ((1, 4, 3, 25, 26), (2, 12, 12), (2, 12, 12), (0, 0, 0), True),
+    ((1, 3, 4, 41, 43), (4, 41, 43), (4, 41, 43), (0, 0, 0), False),
+]
+# the (n, c, t, h, w) columns from innermost to outermost in memory
+MEMORY_ORDER = {"contiguous": (4, 3, 2, 1, 0), "channels_last_3d": (1, 4, 3, 2, 0)}
+# bodies with one thread per input element (or per chunk of input elements), the others per output
+INPUT_BODIES = {"partial", "gather_backward"}
+
+
+@pytest.mark.parametrize("layout", list(MEMORY_ORDER))
+@pytest.mark.parametrize("case", range(len(MAPPING)), ids=["disjoint", "overlapping", "split", "split_groups"])
+def test_consecutive_threads_walk_the_innermost_memory_dimension(module, case, layout):
+    """Neighbouring thread indices of every body work on neighbouring elements of the innermost memory
+    dimension (W of contiguous tensors, C of channels_last_3d ones): coalesced reads and writes."""
+    shape, kernel, stride, padding, ceil_mode = MAPPING[case]
+    x = in_layout(sample(shape, torch.float32), layout)
+    out_shape = F.avg_pool3d(torch.empty(shape, device="meta"), kernel, stride, padding, ceil_mode).shape
+    seen = set()
+    for backward in (False, True):
+        records = module.thread_coords(x, list(kernel), list(stride), list(padding), ceil_mode, backward)
+        for name, coords in records.items():
+            seen.add(name)
+            # the innermost dimension of the tensor the body walks, skipping dimensions of length 1
+            sizes = shape if name in INPUT_BODIES else out_shape
+            inner = next(k for k in MEMORY_ORDER[layout] if sizes[k] > 1)
+            step = coords[1:, :5] - coords[:-1, :5]
+            others = [k for k in range(5) if k != inner]
+            along = (step[:, inner] == 1) & (step[:, others] == 0).all(1)
+            assert along.double().mean() > 0.6, (name, coords[:8])
+            # the same pairs, as element offsets in a tensor of this layout
+            addresses = coords[:, :5] @ torch.tensor(torch.empty(sizes, memory_format=x_format(layout)).stride())
+            assert ((addresses[1:] - addresses[:-1])[along] == 1).all()
+    expected = [{"forward", "disjoint_backward"}, {"forward", "gather_backward"},
+                {"partial", "combine", "gather_backward"}, {"partial", "group", "combine", "gather_backward"}][case]
+    assert seen == expected
+
+
+def x_format(layout: str) -> torch.memory_format:
+    return torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
+
+
+def test_fast_division_equals_integer_division(module):
+    """The int32 index path's multiply-shift division (softpool_kernel.h's Divider) against //:
+    every n < 4,096 by every d <= 1,024, and random and extreme 31-bit operands."""
+    n, d = torch.meshgrid(torch.arange(4096), torch.arange(1, 1025), indexing="ij")
+    n, d = n.flatten(), d.flatten()
+    assert torch.equal(module.divide32(n, d), n // d)
+    generator = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 2**31, (200_000,), generator=generator)
+    divisors = torch.cat([torch.randint(1, 2**31, (100_000,), generator=generator),
+                          torch.randint(1, 2**16, (100_000,), generator=generator)])
+    assert torch.equal(module.divide32(big, divisors), big // divisors)
+    powers = torch.tensor([2**k + e for k in range(1, 31) for e in (-1, 0, 1)])
+    extremes = torch.tensor([0, 1, 2**31 - 2, 2**31 - 1]).repeat_interleave(len(powers) + 1)
+    by = torch.cat([powers, torch.tensor([2**31 - 1])]).repeat(4)
+    assert torch.equal(module.divide32(extremes, by), extremes // by)
