@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from softpool3d.datasets.rand_augment import VideoRandAugment
 from softpool3d.datasets.sampling import crop_offsets, randint
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -28,19 +29,23 @@ def _to_clip(video: torch.Tensor) -> torch.Tensor:
 
 
 class TrainTransform:
-    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, normalize.
+    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, optional
+    RandAugment (``rand_augment_n`` ops of magnitude ``rand_augment_m``, the same on every frame:
+    :class:`~softpool3d.datasets.rand_augment.VideoRandAugment`), normalize.
 
     Every random choice is drawn from the ``generator`` given to the call, so a seeded generator
     gives the same clip in any process (torchvision's random transforms would use the global RNG).
     """
 
     def __init__(
-        self, crop_size: int, scale: Sequence[int], mean: Sequence[float], std: Sequence[float], hflip: bool = True
+        self, crop_size: int, scale: Sequence[int], mean: Sequence[float], std: Sequence[float], hflip: bool = True,
+        rand_augment_n: int = 0, rand_augment_m: int = 9,
     ) -> None:
         low, high = int(scale[0]), int(scale[1])
         if not crop_size <= low <= high:
             raise ValueError(f"train_scale must satisfy crop_size <= low <= high, got {tuple(scale)} and crop {crop_size}")
         self.crop_size, self.low, self.high, self.hflip = crop_size, low, high, hflip
+        self.rand_augment = VideoRandAugment(rand_augment_n, rand_augment_m)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,6 +66,7 @@ class TrainTransform:
                                 side_h, side_w, [self.crop_size, self.crop_size], antialias=True)
         if self.hflip and randint(2, generator):
             video = TF.horizontal_flip(video)
+        video = self.rand_augment(video, generator)
         return _to_clip(self.normalize(video))
 
 
