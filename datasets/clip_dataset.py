@@ -85,8 +85,9 @@ class ClipDataset(Dataset):
       ``crop_index`` in ``range(num_crops)``. ``None`` builds
       :class:`~softpool3d.datasets.transforms.TrainTransform` (``crop_size``, ``train_scale``,
       ``mean``, ``std``, ``hflip``, ``rand_augment_n``, ``rand_augment_m``) or
-      :class:`~softpool3d.datasets.transforms.TestTransform` (``crop_size``, ``test_scale``, ``mean``, ``std``, ``num_crops``); a given transform
-      ignores those arguments except ``crop_size`` (the size of the zero views below).
+      :class:`~softpool3d.datasets.transforms.TestTransform` (``crop_size``, ``test_scale``, ``mean``,
+      ``std``, ``num_crops``); a given transform ignores those arguments except ``crop_size`` (the
+      size of the zero views below).
 
     Items are ``(clip, label, video_index)`` with ``clip`` float ``(C, T, crop_size, crop_size)``,
     or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``.
