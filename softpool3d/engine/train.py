@@ -383,8 +383,9 @@ class _Trainer:
                               self.amp, max_bad_fraction=cfg.data.max_bad_fraction)
             if self.dist.is_main:
                 report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
-            logger.info("epoch %d: %s, %s weights: clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1,
-                        split_label(cfg, "val"), name, 100 * result.top1, 100 * result.top5, result.coverage)
+            weights = "" if name == "model" else f", {name} weights"
+            logger.info("epoch %d: %s%s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
+                        weights, 100 * result.top1, 100 * result.top5, result.coverage)
             self.board.evaluation("val" if not results else f"val_{name}", result, self.progress.step)
             results.append(result)
         return results[0].top1

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_engine_distributed import TOOLS, _run, _small
 
 from softpool3d.datasets import load_annotations
@@ -88,6 +89,10 @@ def test_resume_with_every_switch_on_is_bit_identical_including_the_ema(demo_roo
     for part in ("model", "optimizer", "scheduler", "ema", "ema_updates"):
         _assert_identical(runs["straight"][part], runs["killed"][part], part)
     assert not torch.equal(runs["straight"]["ema"]["fc.weight"], runs["straight"]["model"]["fc.weight"])
+    board = EventAccumulator(str(tmp_path / "straight" / "x" / "tensorboard"))
+    board.Reload()
+    assert {"val/top1", "val_raw/top1"} <= set(board.Tags()["scalars"])  # the EMA's and the raw weights'
+    assert len(board.Scalars("val_raw/top1")) == 2
 
 
 def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
