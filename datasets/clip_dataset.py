@@ -84,9 +84,10 @@ class ClipDataset(Dataset):
       must draw every random choice from it; when testing ``transform(frames, crop_index)`` with
       ``crop_index`` in ``range(num_crops)``. ``None`` builds
       :class:`~softpool3d.datasets.transforms.TrainTransform` (``crop_size``, ``train_scale``,
-      ``hflip``) or :class:`~softpool3d.datasets.transforms.TestTransform` (``crop_size``,
-      ``test_scale``, ``num_crops``); a given transform ignores those arguments except
-      ``crop_size`` (the size of the zero views below).
+      ``hflip``, ``rand_augment_n``, ``rand_augment_m``) or
+      :class:`~softpool3d.datasets.transforms.TestTransform` (``crop_size``, ``test_scale``,
+      ``num_crops``); a given transform ignores those arguments except ``crop_size`` (the size of
+      the zero views below).
 
     Items are ``(clip, label, video_index)`` with ``clip`` uint8 ``(C, T, crop_size, crop_size)``,
     or ``(repeat_aug, C, T, crop_size, crop_size)`` when training with ``repeat_aug > 1``. The
@@ -119,6 +120,8 @@ class ClipDataset(Dataset):
         max_retries: int = 10,
         seed: int = 0,
         repeat_aug: int = 1,
+        rand_augment_n: int = 0,
+        rand_augment_m: int = 9,
         train_sampler: TrainSampler = random_clip,
         test_sampler: TestSampler = uniform_clips,
         transform: Callable[..., torch.Tensor] | None = None,
@@ -151,7 +154,7 @@ class ClipDataset(Dataset):
         if transform is not None:
             self.transform = transform
         elif train:
-            self.transform = TrainTransform(crop_size, train_scale, hflip)
+            self.transform = TrainTransform(crop_size, train_scale, hflip, rand_augment_n, rand_augment_m)
         else:
             self.transform = TestTransform(crop_size, test_scale, num_crops)
         self._skipped = SkippedFiles()

@@ -64,8 +64,27 @@ def _start_along(direction: int, size: int, margin: float, travel: float, rng: n
     return rng.uniform(margin, size - margin)
 
 
-def render_action(action: str, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames ``(T, size, size, 3)`` uint8 of one random instance of ``action``."""
+def _distractor_tracks(count: int, num_frames: int, size: int, rng: np.random.Generator) -> list[list[tuple]]:
+    """``count`` nuisance shapes, each a list of ``(kind, (cy, cx), extent, angle, colour)`` per frame: a
+    disc or square of about the actors' sizes and colours drifting in a random direction (wrapping around)."""
+    tracks = []
+    for _ in range(count):
+        kind, extent = str(rng.choice(["disc", "square"])), size * rng.uniform(0.06, 0.12)
+        colour = rng.integers(120, 256, 3).astype(np.float32)
+        start, heading = rng.uniform(0, size, 2), rng.uniform(0, 2 * math.pi)
+        velocity = size * rng.uniform(0.01, 0.04) * np.array([math.sin(heading), math.cos(heading)])
+        tracks.append([(kind, tuple((start + velocity * t) % size), extent, 0.0, colour) for t in range(num_frames)])
+    return tracks
+
+
+def render_action(action: str, num_frames: int, size: int, rng: np.random.Generator, noise: float = 12.0,
+                  distractors: int = 0) -> np.ndarray:
+    """Frames ``(T, size, size, 3)`` uint8 of one random instance of ``action``.
+
+    ``noise``: standard deviation of the per-pixel Gaussian noise of every frame. ``distractors``:
+    that many nuisance shapes drifting in random directions behind the actor (motion that is not
+    the action). The defaults draw exactly what the demo set always drew.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     background = rng.integers(0, 90, 3).astype(np.float32)
     colour = rng.integers(150, 256, 3).astype(np.float32)
@@ -89,9 +108,13 @@ def render_action(action: str, num_frames: int, size: int, rng: np.random.Genera
         kind, extent = str(rng.choice(["disc", "square"])), size * rng.uniform(0.15, 0.25)
         shapes = [(kind, centre, extent, 0.0)] * num_frames
     ramp = np.linspace(0.0, 1.0, num_frames) if action == "FadeIn" else np.linspace(1.0, 0.0, num_frames)
+    tracks = _distractor_tracks(distractors, num_frames, size, rng)
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t, (kind, (cy, cx), extent, angle) in enumerate(shapes):
-        image = background + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
+        image = background + rng.normal(0, noise, (size, size, 3)).astype(np.float32)
+        for track in tracks:
+            d_kind, (dy, dx), d_extent, d_angle, d_colour = track[t]
+            image[_shape_mask(d_kind, yy, xx, dy, dx, d_extent, d_angle)] = d_colour
         opacity = ramp[t] if action.startswith("Fade") else 1.0
         mask = _shape_mask(kind, yy, xx, cy, cx, extent, angle)
         image[mask] = opacity * colour + (1 - opacity) * image[mask]
@@ -108,13 +131,16 @@ def make_demo_dataset(
     num_frames: int = 16,
     size: int = 64,
     fps: int = 25,
+    noise: float = 12.0,
+    distractors: int = 0,
 ) -> Path:
     """Write the demo set under ``root`` in UCF-101 layout and return ``root``.
 
     ``root/classInd.txt``, ``root/trainlist01.txt``, ``root/testlist01.txt`` and videos
     ``root/<Class>/v_<Class>_gXX_cYY.mp4`` (group XX = one instance; the last
-    ``test_per_class`` groups of each class form the test list). Does nothing if ``root``
-    already holds a complete set.
+    ``test_per_class`` groups of each class form the test list). ``noise`` and ``distractors``
+    make it harder (see :func:`render_action`). Does nothing if ``root`` already holds a
+    complete set.
     """
     root = Path(root)
     if (root / _COMPLETE).is_file():
@@ -126,7 +152,7 @@ def make_demo_dataset(
     for label, action in enumerate(DEMO_CLASSES, 1):
         for group in range(1, videos_per_class + 1):
             relative = f"{action}/v_{action}_g{group:02d}_c01.mp4"
-            write_video(root / relative, render_action(action, num_frames, size, rng), fps)
+            write_video(root / relative, render_action(action, num_frames, size, rng, noise, distractors), fps)
             if group <= videos_per_class - test_per_class:
                 train_lines.append(f"{relative} {label}")
             else:

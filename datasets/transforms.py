@@ -13,6 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from softpool3d.datasets.rand_augment import VideoRandAugment
 from softpool3d.datasets.sampling import crop_offsets, randint
 
 
@@ -27,17 +28,22 @@ def _to_clip(video: torch.Tensor) -> torch.Tensor:
 
 
 class TrainTransform:
-    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip.
+    """Random short-side scale in ``scale``, random ``crop_size`` crop, optional flip, optional
+    RandAugment (``rand_augment_n`` ops of magnitude ``rand_augment_m``, the same on every frame:
+    :class:`~softpool3d.datasets.rand_augment.VideoRandAugment`).
 
     Every random choice is drawn from the ``generator`` given to the call, so a seeded generator
     gives the same clip in any process (torchvision's random transforms would use the global RNG).
     """
 
-    def __init__(self, crop_size: int, scale: Sequence[int], hflip: bool = True) -> None:
+    def __init__(
+        self, crop_size: int, scale: Sequence[int], hflip: bool = True, rand_augment_n: int = 0, rand_augment_m: int = 9,
+    ) -> None:
         low, high = int(scale[0]), int(scale[1])
         if not crop_size <= low <= high:
             raise ValueError(f"train_scale must satisfy crop_size <= low <= high, got {tuple(scale)} and crop {crop_size}")
         self.crop_size, self.low, self.high, self.hflip = crop_size, low, high, hflip
+        self.rand_augment = VideoRandAugment(rand_augment_n, rand_augment_m)
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 ``(T, H, W, 3)`` -> uint8 ``(C, T, crop, crop)``; draws from ``generator`` (global RNG if ``None``).
@@ -57,6 +63,7 @@ class TrainTransform:
                                 side_h, side_w, [self.crop_size, self.crop_size], antialias=True)
         if self.hflip and randint(2, generator):
             video = TF.horizontal_flip(video)
+        video = self.rand_augment(video, generator)
         return _to_clip(video)
 
 

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from softpool3d.engine.checkpoint import has_digest, load_checkpoint
+from softpool3d.engine.checkpoint import has_digest, load_checkpoint, model_weights
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.config import run_dir
 from softpool3d.datasets import ClipDataset, make_demo_dataset
@@ -57,6 +57,8 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         test_scale=data.test_scale,
         seed=cfg.train.seed,
         repeat_aug=data.repeat_aug if train else 1,
+        rand_augment_n=data.rand_augment_n,
+        rand_augment_m=data.rand_augment_m,
     )
 
 
@@ -77,7 +79,8 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     if cfg.model.pretrained:
         source = cfg.model.pretrained  # a checkpoint of ours is read, digest checked, by load_checkpoint
         try:
-            report = load_pretrained(model, load_checkpoint(source) if has_digest(source) else source)
+            report = load_pretrained(model, model_weights(load_checkpoint(source), path=source)
+                                     if has_digest(source) else source)
         except ValueError as error:  # unreadable, not a state dict, or of another architecture or width
             raise ConfigError(f"model.pretrained={source}: {error}") from None
         if report.missing_keys:

@@ -6,8 +6,13 @@ and :func:`load_model_state` read it back. A checkpoint holds ``model`` (state d
 prefix), ``optimizer``, ``scheduler``, ``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
 ``step_in_epoch``, ``config`` (plain dict), ``classes``, ``rng`` (one entry per rank: python,
 numpy, torch and cuda states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
-``consecutive_skips`` (non-finite steps skipped), and ``meta`` (:func:`provenance`: package
-version, git commit, python, torch and CUDA versions).
+``consecutive_skips`` (non-finite steps skipped), ``ema`` (the EMA of the weights and buffers, a
+state dict like ``model``'s, when ``train.ema_decay > 0``; else None) with ``ema_updates``, and
+``meta`` (:func:`provenance`: package version, git commit, python, torch and CUDA versions).
+
+Which weights a checkpoint's model is: :func:`model_weights`. With ``weights="auto"`` (the test,
+export, ``model.pretrained``) that is ``ema`` when the run kept one, else ``model``; resuming
+training restores both.
 
 The file is the zip archive ``torch.save`` writes, whose zip comment is
 ``softpool3d-sha256:<hex>``: the SHA-256 of every byte of the file before the comment's length
@@ -26,13 +31,16 @@ import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 import softpool3d
+
+if TYPE_CHECKING:
+    from softpool3d.engine.ema import ModelEma
 
 logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
@@ -261,9 +269,10 @@ class Progress:
 
 def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                         progress: Progress, sampler_epoch: int, config: dict, classes: list[str],
-                        rng: list[dict[str, Any]]) -> dict[str, Any]:
+                        rng: list[dict[str, Any]], ema: Optional[ModelEma] = None) -> dict[str, Any]:
     """The checkpoint of a training run (see the module docstring), ready for :func:`save_checkpoint`;
-    ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config."""
+    ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config, ``ema`` the
+    run's EMA (None when off)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -279,16 +288,23 @@ def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sche
         "rng": rng,
         "skipped_steps": progress.skipped_steps,
         "consecutive_skips": progress.consecutive_skips,
+        "ema": ema.state_dict() if ema is not None else None,
+        "ema_updates": ema.updates if ema is not None else 0,
     }
 
 
 def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike], model: nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int = 0,
-                     world_size: int = 1) -> Progress:
-    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects and this
-    process's RNGs (rank ``rank``'s states, when the checkpoint has one per process of a
-    ``world_size``-process run; otherwise a warning); returns its :class:`Progress`."""
-    load_model_state(model, checkpoint, path)
+                     world_size: int = 1, ema: Optional[ModelEma] = None) -> Progress:
+    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects, ``ema``
+    (if the run keeps one) and this process's RNGs (rank ``rank``'s states, when the checkpoint has
+    one per process of a ``world_size``-process run; otherwise a warning); returns its :class:`Progress`."""
+    load_model_state(model, checkpoint, path, weights="model")
+    if ema is not None and checkpoint.get("ema") is not None:
+        ema.load_state_dict(checkpoint["ema"], checkpoint["ema_updates"])
+    elif ema is not None:
+        logger.warning("checkpoint %s holds no EMA (its run had train.ema_decay=0): the EMA starts from the "
+                       "weights at the next step", path)
     states = checkpoint.get("rng") or []
     if len(states) == world_size:
         set_rng_state(states[rank])
@@ -304,11 +320,30 @@ def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike
                     checkpoint.get("consecutive_skips", 0))
 
 
-def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
-    """Load ``checkpoint["model"]`` into ``model``; a checkpoint of another model or width raises
-    :class:`CheckpointError` naming the file and the model its stored config describes."""
+WEIGHTS = ("auto", "model", "ema")
+"""Which weights of a checkpoint :func:`model_weights` gives: ``auto`` (``ema`` if the run kept an EMA,
+else ``model``), ``model`` (the raw weights) or ``ema``."""
+
+
+def model_weights(checkpoint: Mapping[str, Any], weights: str = "auto",
+                  path: Union[str, os.PathLike] = "checkpoint") -> Mapping[str, torch.Tensor]:
+    """The state dict of ``checkpoint`` that ``weights`` (one of :data:`WEIGHTS`) names; asking for
+    ``ema`` of a run without one raises :class:`CheckpointError` naming ``path``."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
+    ema = checkpoint.get("ema")
+    if weights == "ema" and ema is None:
+        raise CheckpointError(f"checkpoint {path} holds no EMA weights (its run had train.ema_decay=0)")
+    return ema if weights == "ema" or (weights == "auto" and ema is not None) else checkpoint["model"]
+
+
+def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Union[str, os.PathLike],
+                     weights: str = "auto") -> None:
+    """Load :func:`model_weights` ``(checkpoint, weights)`` into ``model``; a checkpoint of another
+    model or width raises :class:`CheckpointError` naming the file and the model its stored config
+    describes."""
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(model_weights(checkpoint, weights, path))
     except RuntimeError as error:
         stored = (checkpoint.get("config") or {}).get("model") or {}
         held = f"model.name={stored.get('name')} model.width={stored.get('width')} model.pool={stored.get('pool')}"

@@ -56,6 +56,13 @@ class DataConfig:
     Datasets without a val list (UCF-101, HMDB-51, custom data without one) get ``val`` carved
     out of the training list: ``val_fraction`` of its groups, drawn with ``val_seed``; ``train``
     is then the rest.
+    Augmentation for small sets (all off by default): ``rand_augment_n`` RandAugment ops of
+    magnitude ``rand_augment_m`` (0-30, torchvision's scale) drawn once per clip and applied to
+    every frame alike (:mod:`softpool3d.datasets.rand_augment`); ``random_erasing``: the
+    probability that a training clip gets one box erased through all its frames
+    (:mod:`softpool3d.engine.erasing`). ``sampler``: ``uniform`` (each training video once an
+    epoch) or ``class_balanced`` (videos drawn with replacement, each class equally often;
+    :mod:`softpool3d.engine.sampler`).
     """
 
     dataset: str = "ucf101"
@@ -82,6 +89,10 @@ class DataConfig:
     num_workers: int = 4
     max_bad_fraction: float = 0.05
     repeat_aug: int = 1
+    rand_augment_n: int = 0
+    rand_augment_m: int = 9
+    random_erasing: float = 0.0
+    sampler: str = "uniform"
 
 
 @dataclass
@@ -124,6 +135,14 @@ class TrainConfig:
     each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
     ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
     long a collective waits for a peer before failing (under torchrun).
+
+    Switches for small sets (all off by default; see :mod:`softpool3d.engine.switches`):
+    ``mixup_alpha`` / ``cutmix_alpha``: Beta(alpha, alpha) mixing of a batch with its reverse
+    and soft-target cross-entropy (0: off; both on: one of the two per batch, evenly), applied
+    to a batch with probability ``mix_prob``. ``ema_decay``: keep an exponential moving average
+    of the weights and BatchNorm buffers, updated every optimizer step, used for validation,
+    the test, ``best.pt`` and export (0: off). ``precise_bn_batches``: before each validation
+    and the test, recompute the BatchNorm statistics over that many training batches (0: off).
     """
 
     epochs: int = 10
@@ -142,6 +161,11 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     test_after_train: bool = True
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    ema_decay: float = 0.0
+    precise_bn_batches: int = 0
 
 
 @dataclass
@@ -191,6 +215,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "train.amp": ("auto", "none", "bf16", "fp16"),
         "train.nonfinite": ("stop", "skip"),
         "train.device": ("auto", "cpu", "cuda"),
+        "data.sampler": ("uniform", "class_balanced"),
     }
 
 
@@ -228,6 +253,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.num_workers": _at_least(0),
     "data.max_bad_fraction": _in_range(0, 1),
     "data.repeat_aug": _at_least(1),
+    "data.rand_augment_n": _at_least(0),
+    "data.rand_augment_m": _in_range(0, 30),
+    "data.random_erasing": _in_range(0, 1),
     "model.dropout": _in_range(0, 1, high_open=True),
     "model.freeze_stages": _at_least(0),
     "optim.lr": ((lambda value: value > 0), "must be > 0"),
@@ -246,6 +274,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every_steps": _at_least(0),
     "train.max_consecutive_skips": _at_least(1),
     "train.dist_timeout_s": _at_least(1),
+    "train.mixup_alpha": _at_least(0),
+    "train.cutmix_alpha": _at_least(0),
+    "train.mix_prob": _in_range(0, 1),
+    "train.ema_decay": _in_range(0, 1, high_open=True),
+    "train.precise_bn_batches": _at_least(0),
 }
 """Allowed values of every numeric key: ``key -> (test, what the test asks for)``."""
 

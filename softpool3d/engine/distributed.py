@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,7 +110,9 @@ class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that can start an epoch part-way, for exact mid-epoch resume.
 
     ``set_start(n)`` skips the first ``n`` indices of this rank's order for the current epoch
-    (reset by the next ``set_epoch``), without drawing any random numbers.
+    (reset by the next ``set_epoch``), without drawing any random numbers. :meth:`epoch_order`
+    draws the epoch's global order (a subclass may draw it otherwise); it is then padded or cut
+    and sharded like ``DistributedSampler``'s.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -123,9 +126,22 @@ class ResumableDistributedSampler(DistributedSampler):
     def set_start(self, start: int) -> None:
         self.start = start
 
+    def epoch_order(self) -> list[int]:
+        """This epoch's order of the dataset's indices, before padding and sharding: ``DistributedSampler``'s
+        permutation seeded with ``seed + epoch`` (or ``0 .. n-1`` without shuffling)."""
+        if not self.shuffle:
+            return list(range(len(self.dataset)))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
+        indices = self.epoch_order()
+        if self.drop_last:
+            indices = indices[: self.total_size]
+        else:
+            indices = (indices * math.ceil(self.total_size / len(indices)))[: self.total_size]
+        return iter(indices[self.rank : self.total_size : self.num_replicas][self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

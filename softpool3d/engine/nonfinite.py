@@ -64,6 +64,11 @@ class NonFiniteGuard:
         path, step = self.last_checkpoint
         return f"last good checkpoint: {path} (step {step})"
 
+    @property
+    def last_step_ok(self) -> bool:
+        """Whether the last step recorded was taken (not skipped)."""
+        return self.consecutive == 0
+
     def step_ok(self, problems: list[str], where: str) -> bool:
         """Record one step whose non-finite quantities are ``problems`` (e.g. ``["loss"]``; empty:
         a good step). Returns False when the step's update must be skipped; raises

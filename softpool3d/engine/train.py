@@ -24,7 +24,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -43,7 +42,6 @@ from softpool3d.engine.config import ConfigError, run_dir, save_config, to_conta
 from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.engine.distributed import (
     DistInfo,
-    ResumableDistributedSampler,
     all_gather_objects,
     all_reduce_sum,
     barrier,
@@ -56,7 +54,9 @@ from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_training_state
 from softpool3d.engine.optim import build_optimizer, build_scheduler
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.sampler import build_train_sampler
 from softpool3d.engine.summary import log_startup_summary, split_label
+from softpool3d.engine.switches import TrainingSwitches
 from softpool3d.engine.tensorboard_log import TensorBoardLog
 
 logger = logging.getLogger(__name__)
@@ -165,10 +165,7 @@ class _Trainer:
         self.normalizer = ClipNormalizer.from_config(cfg)
         self.classes = list(self.train_set.classes)
         self.model = builders.build_model(cfg, len(self.classes)).to(self.device)
-        self.sampler = ResumableDistributedSampler(
-            self.train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
-            seed=cfg.train.seed, drop_last=True,
-        )
+        self.sampler = build_train_sampler(cfg, self.train_set, dist_info)
         self.generator = torch.Generator()
         self.loader = DataLoader(
             self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
@@ -186,7 +183,8 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.switches = TrainingSwitches(cfg, self.model, self.train_set, dist_info, len(self.classes))
+        self.criterion = self.switches.criterion
         self.progress, self.throughput = Progress(), _Throughput()
         self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_consecutive_skips)
         self.float_buffers = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
@@ -217,7 +215,7 @@ class _Trainer:
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.cfg.data.root}")
         self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                         self.dist.rank, self.dist.world_size)
+                                         self.dist.rank, self.dist.world_size, self.switches.ema)
         self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
         self.guard.last_checkpoint = (path, self.progress.step)
         logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
@@ -241,7 +239,8 @@ class _Trainer:
             progress = dataclasses.replace(self.progress, skipped_steps=self.guard.skipped,
                                            consecutive_skips=self.guard.consecutive)
             save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, progress,
-                                                self.sampler.epoch, to_container(self.cfg), self.classes, states),
+                                                self.sampler.epoch, to_container(self.cfg), self.classes, states,
+                                                self.switches.ema),
                             path)
         if name == "last":
             self.guard.last_checkpoint = (path, self.progress.step)
@@ -300,15 +299,17 @@ class _Trainer:
                     clips, labels = flatten_repeats(clips, labels)
                 clips = model_inputs(clips, self.device, self.normalizer)
                 labels = labels.to(self.device, non_blocking=True)
+                clips, targets = self.switches.augment(clips, labels, state.epoch, state.step, micro)
                 sync = micro == accumulate - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
                     with builders.autocast(self.device, cfg.train.amp):
                         logits = self.ddp(clips)
-                    loss = self.criterion(logits.float(), labels)
+                    loss = self.criterion(logits.float(), targets)
                     scaled = loss / accumulate
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 loss_sum += loss.detach().double().cpu()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
+            self.switches.after_step(self.model, updated=self.guard.last_step_ok)
             elapsed = time.perf_counter() - started
             clips_per_step = accumulate * batch_size * repeats * self.dist.world_size
             clips_per_s = clips_per_step / elapsed
@@ -376,18 +377,25 @@ class _Trainer:
             callback(context)
 
     def _validate(self, epoch: int) -> float:
+        """Validate the models :meth:`TrainingSwitches.eval_models` names; returns the first's clip top-1."""
         cfg = self.cfg
-        result = evaluate(self.model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                          self.amp, max_bad_fraction=cfg.data.max_bad_fraction, normalizer=self.normalizer)
-        if self.dist.is_main:
-            report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
-        logger.info("epoch %d: %s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
-                    100 * result.top1, 100 * result.top5, result.coverage)
-        self.board.evaluation("val", result, self.progress.step)
-        return result.top1
+        results = []
+        for name, model in self.switches.eval_models(self.model, epoch, self.progress.step):
+            result = evaluate(model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
+                              self.amp, max_bad_fraction=cfg.data.max_bad_fraction,
+                              normalizer=self.normalizer)
+            if self.dist.is_main:
+                report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
+            weights = "" if name == "model" else f", {name} weights"
+            logger.info("epoch %d: %s%s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
+                        weights, 100 * result.top1, 100 * result.top5, result.coverage)
+            self.board.evaluation("val" if not results else f"val_{name}", result, self.progress.step)
+            results.append(result)
+        return results[0].top1
 
     def _test(self) -> EvalResult:
-        result = test_model(self.model, self.test_set, self.cfg, self.dist, self.amp, self.run_dir / "test",
+        _, model = self.switches.eval_models(self.model, self.progress.epoch - 1, self.progress.step)[0]
+        result = test_model(model, self.test_set, self.cfg, self.dist, self.amp, self.run_dir / "test",
                             split_label(self.cfg, "test"), self.left_out_reported)
         self.board.evaluation("test", result, self.progress.step)
         return result

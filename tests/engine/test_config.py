@@ -81,7 +81,9 @@ BAD_VALUES = {
     "optim.warmup_start_factor": 0.0, "optim.min_lr": -1.0, "train.epochs": 0, "train.limit_steps_per_epoch": -1,
     "train.num_threads": -1, "train.label_smoothing": 2.0, "train.grad_clip": -1.0, "train.accumulate": 0,
     "train.val_every": 0, "train.checkpoint_every_steps": -1, "train.max_consecutive_skips": 0,
-    "train.dist_timeout_s": 0,
+    "train.dist_timeout_s": 0, "train.mixup_alpha": -0.1, "train.cutmix_alpha": -1.0, "train.mix_prob": 1.5,
+    "train.ema_decay": 1.0, "train.precise_bn_batches": -1, "data.rand_augment_n": -1, "data.rand_augment_m": 31,
+    "data.random_erasing": 1.5,
 }
 
 
@@ -106,6 +108,7 @@ def test_out_of_range_value_fails_at_load_naming_key_and_value(key, value):
     ("model.name=resnet9000", "model.name='resnet9000' is not one of"),
     ("model.width=0", "model.width=0"),
     ("data.val_split=validation", "data.val_split='validation' is not one of train, val, test"),
+    ("data.sampler=weighted", "data.sampler='weighted' is not one of uniform, class_balanced"),
 ])
 def test_structured_values_fail_with_what_is_expected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -147,3 +147,17 @@ def test_allowed_names_are_the_registries(monkeypatch):
     registered = models.list_models()
     monkeypatch.setattr(models, "list_models", lambda: [*registered, "new_net"])
     assert load_config(None, ["model.name=new_net"]).model.name == "new_net"
+
+
+def test_finetune_recipe_uses_an_ema_and_mixup_or_cutmix():
+    cfg = load_config("custom/r3d_18_finetune.yaml")
+    assert 0 < cfg.train.ema_decay < 1
+    assert cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
+    assert cfg.train.mix_prob > 0
+
+
+@pytest.mark.parametrize("recipe", [path for path in RECIPES if path.parent.name != "custom"], ids=snapshot_name)
+def test_other_recipes_leave_the_small_set_switches_off(recipe):
+    cfg = load_config(recipe)
+    assert (cfg.train.ema_decay, cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.precise_bn_batches) == (0, 0, 0, 0)
+    assert (cfg.data.rand_augment_n, cfg.data.random_erasing, cfg.data.sampler) == (0, 0, "uniform")

@@ -1,11 +1,14 @@
 """Exact resume with decoding workers, on the demo videos in subprocesses: a run SIGKILLed mid-epoch
 at data.num_workers=2 and resumed (with 2 workers, or with another count) ends with every tensor of
-model, optimizer and scheduler equal, bit for bit, to an uninterrupted run's. And repeat_aug batches
+model, optimizer and scheduler equal, bit for bit, to an uninterrupted run's; so does a run with
+every small-set switch on (mixup/CutMix, EMA, precise BN, RandAugment, random erasing, the
+class-balanced sampler, with repeat_aug and accumulate), its EMA included. And repeat_aug batches
 in the engine: flattened per video, with steps per epoch counted in videos."""
 import shutil
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_engine_distributed import TOOLS, _run, _small
 
 from softpool3d.datasets import load_annotations
@@ -62,6 +65,34 @@ def test_resume_with_workers_is_bit_identical(runs, demo_root, tmp_path, workers
         _assert_identical(straight[part], resumed[part], part)
     assert len(straight["optimizer"]["state"]) == len(straight["model"]) - sum(
         k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in straight["model"])
+
+
+# Every switch on, with repeat_aug 2 and accumulate 2: 24 videos / (4 x 2) = 3 steps an epoch; validation (and
+# so precise BN) after epoch 1; checkpoints at steps 2, 3 (epoch end) and 4 (mid-epoch 2); killed at step 5.
+SWITCHES = ["train.mixup_alpha=0.8", "train.cutmix_alpha=1.0", "train.mix_prob=0.9", "train.ema_decay=0.9",
+            "train.precise_bn_batches=2", "data.rand_augment_n=2", "data.rand_augment_m=9", "data.random_erasing=0.5",
+            "data.sampler=class_balanced", "data.repeat_aug=2", "train.accumulate=2", "train.val_every=1"]
+
+
+@pytest.mark.slow
+def test_resume_with_every_switch_on_is_bit_identical_including_the_ema(demo_root, tmp_path):
+    runs = {}
+    for name, extra in (("straight", []), ("killed", ["debug.kill_at_step=5"])):
+        _run([TOOLS / "train.py", *_small(demo_root, tmp_path / name, "x"), *COMMON, *SWITCHES, *extra],
+             expect=-9 if extra else 0)
+    killed = _load(tmp_path / "killed" / "x" / "checkpoints" / "last.pt")
+    assert (killed["step"], killed["epoch"], killed["step_in_epoch"], killed["ema_updates"]) == (4, 1, 1, 4)
+    _run([TOOLS / "train.py", *_small(demo_root, tmp_path / "killed", "x"), *COMMON, *SWITCHES, "resume=auto"])
+    for name in ("straight", "killed"):
+        runs[name] = _load(tmp_path / name / "x" / "checkpoints" / "last.pt")
+    assert runs["killed"]["step"] == runs["straight"]["step"] == 6
+    for part in ("model", "optimizer", "scheduler", "ema", "ema_updates"):
+        _assert_identical(runs["straight"][part], runs["killed"][part], part)
+    assert not torch.equal(runs["straight"]["ema"]["fc.weight"], runs["straight"]["model"]["fc.weight"])
+    board = EventAccumulator(str(tmp_path / "straight" / "x" / "tensorboard"))
+    board.Reload()
+    assert {"val/top1", "val_raw/top1"} <= set(board.Tags()["scalars"])  # the EMA's and the raw weights'
+    assert len(board.Scalars("val_raw/top1")) == 2
 
 
 def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
