@@ -28,3 +28,4 @@ __all__ = [
     "soft_pool2d",
     "soft_pool3d",
 ]
+__version__ = "0.1.0"

@@ -47,8 +47,8 @@ def test_draws_come_from_the_given_generator_only():
 
 def test_zero_ops_leave_train_transform_clips_unchanged():
     frames = torch.randint(0, 256, (4, 40, 48, 3), dtype=torch.uint8)
-    plain = TrainTransform(32, (32, 40), (0.45,) * 3, (0.225,) * 3)
-    augmented = TrainTransform(32, (32, 40), (0.45,) * 3, (0.225,) * 3, rand_augment_n=2, rand_augment_m=9)
-    off = TrainTransform(32, (32, 40), (0.45,) * 3, (0.225,) * 3, rand_augment_n=0, rand_augment_m=30)
+    plain = TrainTransform(32, (32, 40))
+    augmented = TrainTransform(32, (32, 40), rand_augment_n=2, rand_augment_m=9)
+    off = TrainTransform(32, (32, 40), rand_augment_n=0, rand_augment_m=30)
     clips = [t(frames, torch.Generator().manual_seed(1)) for t in (plain, off, augmented)]
     assert torch.equal(clips[0], clips[1]) and not torch.equal(clips[0], clips[2])
