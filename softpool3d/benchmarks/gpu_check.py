@@ -728,16 +728,16 @@ def run_one_step(args: argparse.Namespace) -> int:
     return 0 if entry["status"] == "ok" else 1
 
 
-def make_videos(folder: Path) -> list[Path]:
-    """The carried videos: 4 training and 2 validation H.264 videos per class of 2 classes, 96
-    frames of 320x240 at 25 fps with a keyframe every 32 (the recipes' prepared copies), in the
-    custom-dataset layout ``<split>/<class>/*.mp4``."""
+def make_videos(folder: Path, frames: int = 96, height: int = 240, width: int = 320) -> list[Path]:
+    """The carried videos: 4 training and 2 validation H.264 videos per class of 2 classes, by
+    default 96 frames of 320x240 at 25 fps with a keyframe every 32 (the recipes' prepared copies
+    of UCF-101), in the custom-dataset layout ``<split>/<class>/*.mp4``. x3d_s's clip spans 78 frames."""
     from softpool3d.benchmarks.loader import write_videos
 
     shutil.rmtree(folder, ignore_errors=True)
     paths = []
     for split, count in (("train", 8), ("val", 4)):
-        paths += write_videos(folder / split, count, frames=96, height=240, width=320, gop=32)
+        paths += write_videos(folder / split, count, frames=frames, height=height, width=width, gop=32)
     return paths
 
 

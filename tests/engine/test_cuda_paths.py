@@ -107,7 +107,8 @@ def restore_determinism():
 
 
 def test_deterministic_sets_cublas_workspace_before_the_device_is_picked(monkeypatch, tmp_path, restore_determinism):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so the test leaves the environment as it was
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     seen = {}
 
     def picked(device, timeout_s):
