@@ -35,6 +35,14 @@ def test_wheel_check_names_a_requirement_neither_carried_nor_in_the_image(tmp_pa
         gpu_check.check_wheels(tmp_path, None, allow_offline=True)
 
 
+def test_a_step_gets_its_cap_plus_the_time_earlier_steps_left_unused():
+    steps = [gpu_check.Step(name, name, cap, lambda context: {}) for name, cap in (("a", 100), ("b", 50), ("c", 30))]
+    assert gpu_check.step_cap(steps[0], steps[1:], 180) == 100  # on schedule
+    assert gpu_check.step_cap(steps[1], steps[2:], 130) == 100  # "a" took 50 s: "b" gets them, "c" keeps 30
+    assert gpu_check.step_cap(steps[1], steps[2:], 40) == 40  # late: never past the budget
+    assert sum(step.cap_s for step in gpu_check.STEPS) <= gpu_check.TOTAL_BUDGET_S
+
+
 def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
     (tmp_path / "av").mkdir()
     (tmp_path / "av" / "__init__.py").write_text(gpu_check.AV_PLACEHOLDER)
