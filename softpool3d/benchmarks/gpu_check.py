@@ -470,14 +470,14 @@ def step_authors_kernel(context: Context) -> dict:
 
 
 STEPS = [
-    Step("environment", "Environment and extension build", 150, step_environment),
-    Step("pytest_cuda", "pytest -m cuda", 60, step_pytest_cuda),
-    Step("sanitizer", "compute-sanitizer memcheck + racecheck", 75, step_sanitizer),
+    Step("environment", "Environment and extension build", 180, step_environment),
+    Step("pytest_cuda", "pytest -m cuda", 55, step_pytest_cuda),
+    Step("sanitizer", "compute-sanitizer memcheck + racecheck", 70, step_sanitizer),
     Step("bench_op", "SoftPool op vs avg/max pooling and the 5-op formula", 30, step_bench_op),
-    Step("train_steps", "Training steps, bf16, channels_last_3d", 80, step_train_steps),
-    Step("loader", "Loader starvation (14 workers)", 30, step_loader),
+    Step("train_steps", "Training steps, bf16, channels_last_3d", 60, step_train_steps),
+    Step("loader", "Loader starvation (14 workers)", 25, step_loader),
     Step("ddp", "DDP over NCCL under torchrun", 45, step_ddp),
-    Step("authors_kernel", "The SoftPool authors' CUDA kernel (speed only)", 10, step_authors_kernel),
+    Step("authors_kernel", "The SoftPool authors' CUDA kernel (speed only)", 15, step_authors_kernel),
 ]
 """The steps in order, with their caps on a GPU (480 s together): a step that ends early leaves its
 time to the next ones (:func:`step_cap`)."""
