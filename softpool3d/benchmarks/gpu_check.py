@@ -3,7 +3,7 @@ under its own time cap, with progress and partial results streamed as it goes.
 
     bash tools/gpu_wheels.sh                                   # here, once: .whl/ and .gpu_data/
     python tools/gpu_check.py --dry-run --out /tmp/gpu_dry     # here: the same steps on the CPU
-    python tools/gpu_check.py --out $OUT                       # there (README, "GPU validation")
+    PYTHONPATH=. python3 tools/gpu_check.py --out $OUT         # there (README, "GPU validation")
 
 Steps: ``environment`` (GPU, driver, torch and CUDA versions, copy bandwidth, the JIT build of the
 extension with every core), ``pytest_cuda`` (``pytest -m cuda``: the op's CUDA matrix and the
@@ -19,7 +19,8 @@ folder). Results go to ``--out``: ``gpu_check.json`` (rewritten after every step
 
 The GPU machine reaches no registry: the wheels of what its image lacks travel in ``.whl/``
 (``tools/gpu_wheels.sh``) and are installed with ``pip --no-index --target`` into a folder put on
-``PYTHONPATH``. Its one decoder is decord2; PyAV is not carried (:data:`NOT_CARRIED`), so a
+``PYTHONPATH``, beside the checkout's package composed of links (:func:`compose_package`; nothing is
+installed into the machine's Python). Its one decoder is decord2; PyAV is not carried (:data:`NOT_CARRIED`), so a
 placeholder ``av`` module that refuses every use is put there instead (the package imports PyAV,
 which only writes videos and reads what decord cannot). ``--dry-run`` runs every step on the CPU
 with tiny shapes and checks the wheel set against Python 3.12's ``pip install --dry-run``; any
@@ -53,9 +54,6 @@ RESULTS = "gpu_check.json"
 REPORT = "gpu_check.md"
 LOG = "gpu_check.log"
 TOTAL_BUDGET_S = 480
-INSTALL = "python3 -m pip install -q --no-deps --no-build-isolation --no-index -e ."
-"""How the GPU machine installs the checkout (editable, offline) before the check: softpool3d.models
-and softpool3d.datasets live in the top-level models/ and datasets/ folders."""
 
 GPU_IMAGE_PACKAGES = frozenset("""
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -135,8 +133,10 @@ def say(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _run_logged(command: list[str], timeout: float, env: Optional[dict] = None, cwd: Path = REPO) -> tuple[int, str]:
-    """Run ``command``, streaming its output; returns its exit code and the output's last 4000 characters."""
+def _run_logged(command: list[str], timeout: float, cwd: Path, env: Optional[dict] = None) -> tuple[int, str]:
+    """Run ``command`` in ``cwd`` (never the checkout's root, whose ``softpool3d/`` lacks models and
+    datasets: :func:`compose_package`), streaming its output; returns its exit code and the
+    output's last 4000 characters."""
     say("$ " + " ".join(command))
     lines: list[str] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
@@ -196,8 +196,9 @@ def step_environment(context: Context) -> dict:
 def step_pytest_cuda(context: Context) -> dict:
     report = context.work / "pytest_cuda.xml"
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               f"--junitxml={report}", "tests/op", "tests/engine/test_cuda_paths.py"]
-    code, tail = _run_logged(command, timeout=3600)
+               f"--rootdir={REPO}", f"--junitxml={report}", str(REPO / "tests" / "op"),
+               str(REPO / "tests" / "engine" / "test_cuda_paths.py")]
+    code, tail = _run_logged(command, 3600, context.work)
     counts = {}
     if report.is_file():
         head = report.read_text()[:2000]
@@ -239,7 +240,7 @@ def step_sanitizer(context: Context) -> dict:
     sanitizer = find_sanitizer()
     result: dict[str, Any] = {"compute_sanitizer": sanitizer}
     if context.dry_run:
-        code, tail = _run_logged(cases, timeout=600)
+        code, tail = _run_logged(cases, 600, context.work)
         result["cases_on_cpu"] = "ran" if code == 0 else f"failed ({code})"
         if code:
             raise RuntimeError(f"the sanitizer cases fail on the CPU:\n{tail}")
@@ -248,7 +249,7 @@ def step_sanitizer(context: Context) -> dict:
     if sanitizer is None:
         raise RuntimeError("compute-sanitizer not found on the PATH or under the CUDA toolkit")
     for tool in ("memcheck", "racecheck"):
-        code, tail = _run_logged([sanitizer, "--tool", tool, "--error-exitcode", "3", *cases], timeout=3600)
+        code, tail = _run_logged([sanitizer, "--tool", tool, "--error-exitcode", "3", *cases], 3600, context.work)
         summary = re.findall(r"ERROR SUMMARY: .*|RACECHECK SUMMARY: .*", tail)
         result[tool] = {"exit_code": code, "summary": summary[-1] if summary else tail.strip().splitlines()[-1:]}
         if code:
@@ -405,7 +406,7 @@ def step_ddp(context: Context) -> dict:
     for processes in (1, 2):
         run_dir = context.work / f"ddp_{processes}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        code, tail = _run_logged(_ddp_command(context, processes, run_dir), timeout=3600)
+        code, tail = _run_logged(_ddp_command(context, processes, run_dir), 3600, context.work)
         metrics = run_dir / "ddp" / "metrics.json"
         entry: dict[str, Any] = {"exit_code": code}
         if code == 0 and metrics.is_file():
@@ -580,7 +581,7 @@ def prepare_site(wheels: Path, site: Path, dry_run: bool) -> None:
     if files:
         command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                    "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, files)]
-        code, tail = _run_logged(command, timeout=300)
+        code, tail = _run_logged(command, 300, site)
         if code:
             raise RuntimeError(f"installing the carried wheels failed:\n{tail}")
     elif not dry_run:
@@ -589,6 +590,22 @@ def prepare_site(wheels: Path, site: Path, dry_run: bool) -> None:
     if dry_run or not has_av:
         (site / "av").mkdir(exist_ok=True)
         (site / "av" / "__init__.py").write_text(AV_PLACEHOLDER)
+    compose_package(site)
+
+
+def compose_package(site: Path) -> None:
+    """``softpool3d`` laid out as setup.cfg's ``package_dir`` installs it (``models/``, ``datasets/``
+    and ``configs/`` inside it), made of symbolic links into the checkout, in ``site``: the GPU
+    machine imports the checkout with no install (no build backend runs there), and the dry run
+    imports it the same way. Every module resolves its ``__file__`` into the checkout."""
+    package = site / "softpool3d"
+    shutil.rmtree(package, ignore_errors=True)
+    package.mkdir(parents=True)
+    for entry in (REPO / "softpool3d").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    for name in ("models", "datasets", "configs"):
+        (package / name).symlink_to(REPO / name)
 
 
 # ---------------------------------------------------------------- orchestration
@@ -642,7 +659,7 @@ def _run_step_process(step: Step, args: argparse.Namespace, work: Path, env: dic
     command += ["--dry-run"] if args.dry_run else []
     command += ["--authors-kernel", str(args.authors_kernel)] if args.authors_kernel else []
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd=REPO, start_new_session=True)
+    process = subprocess.Popen(command, env=env, cwd=work, start_new_session=True)
     try:
         code: Optional[int] = process.wait(timeout=cap)
     except subprocess.TimeoutExpired:  # the whole process group: pytest, torchrun and their children too
@@ -664,7 +681,10 @@ def _run_step_process(step: Step, args: argparse.Namespace, work: Path, env: dic
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
+    for name in ("out", "wheels", "videos", "authors_kernel"):  # the steps run in the work folder
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -682,13 +702,13 @@ def orchestrate(args: argparse.Namespace) -> int:
             say(f"FAILED wheel check: {error}")
     site = work / "site"
     prepare_site(Path(args.wheels), site, args.dry_run)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), str(REPO), os.environ.get("PYTHONPATH")])),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1", "MAX_JOBS": str(os.cpu_count() or 1)}
-    installed = subprocess.run([sys.executable, "-c", "import softpool3d.models, softpool3d.datasets, softpool3d.engine.cli"],
-                               env=env, capture_output=True, text=True)
-    if installed.returncode:
-        raise RuntimeError("softpool3d.models/datasets/engine do not import (is the checkout installed? "
-                           f"{INSTALL}):\n{installed.stderr[-1500:]}")
+    probe = "import softpool3d.models as m, softpool3d.engine.cli; print(m.__file__)"
+    imported = subprocess.run([sys.executable, "-c", probe], env=env, cwd=work, capture_output=True, text=True)
+    if imported.returncode:
+        raise RuntimeError(f"the checkout does not import through {site}:\n{imported.stderr[-1500:]}")
+    say(f"softpool3d.models from {imported.stdout.strip()}")
     chosen = args.steps.split(",") if args.steps else STEP_NAMES
     for index, step in enumerate(STEPS):
         if step.name not in chosen:
