@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def test_a_step_gets_its_cap_plus_the_time_earlier_steps_left_unused():
     assert gpu_check.step_cap(steps[1], steps[2:], 130) == 100  # "a" took 50 s: "b" gets them, "c" keeps 30
     assert gpu_check.step_cap(steps[1], steps[2:], 40) == 40  # late: never past the budget
     assert sum(step.cap_s for step in gpu_check.STEPS) <= gpu_check.TOTAL_BUDGET_S
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_silent_command_is_killed_at_its_timeout_with_its_children(tmp_path):
+    started = time.monotonic()
+    code, tail = gpu_check._run_logged(["bash", "-c", "sleep 30 & echo child $!; wait"], 1, tmp_path)
+    assert code == -9 and "killed after 1 s" in tail
+    assert time.monotonic() - started < 15
+    child = int(tail.split("child ")[1].split()[0])
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)  # the whole process group went, not only bash
 
 
 def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
