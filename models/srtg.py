@@ -43,6 +43,8 @@ def cycle_consistent(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class SqueezeRecursion(nn.Module):
     """The squeeze-and-recursion step with optional temporal gates, ``(N, C, T, H, W)`` -> same.
 
+    The LSTM and the gate compute in float32 whatever the autocast; the output keeps ``x``'s dtype.
+
     Pools at: the per-frame squeeze over H x W (kind ``pool``).
     """
 
@@ -54,13 +56,17 @@ class SqueezeRecursion(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeezed = self.squeeze(x).flatten(2).transpose(1, 2)
-        states, _ = self.lstm(squeezed)
-        recursed = x * states.transpose(1, 2)[..., None, None]
+        # The LSTM and the gate run in float32 with autocast off: under bf16 autocast torch would run
+        # the cuDNN LSTM in fp16 (with no grad scaler) and promote the residual stream to float32.
+        with torch.autocast(x.device.type, enabled=False):
+            states, _ = self.lstm(squeezed.float())
+            if self.gates:
+                with torch.no_grad():
+                    u, v = squeezed.detach().float(), states.detach()
+                    passes = cycle_consistent(u, v) & cycle_consistent(v, u)
+        recursed = x * states.to(x.dtype).transpose(1, 2)[..., None, None]
         if not self.gates:
             return recursed
-        with torch.no_grad():
-            u, v = squeezed.detach().float(), states.detach().float()
-            passes = cycle_consistent(u, v) & cycle_consistent(v, u)
         return torch.where(passes[:, None, None, None, None], recursed, x)
 
     def extra_repr(self) -> str:

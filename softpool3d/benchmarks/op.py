@@ -5,7 +5,9 @@ load from other processes hits them alike) and peak memory allocated during the 
 memory on CUDA is the allocator's ``max_memory_allocated`` above the inputs; on the CPU it is
 the peak of the bytes held by tensors that the call's ops create (scratch memory inside a
 kernel is not seen). Ratios are given against ``avg_pool3d`` (time) and the 5-op formula
-(memory).
+(memory). Achieved GB/s counts the least traffic a pooling op needs (read ``x``, write ``y``;
+backward also reads ``x``, ``y`` and the output gradient and writes the input gradient), set
+against the device's bandwidth as a device-to-device copy measures it (:func:`copy_bandwidth`).
 """
 from __future__ import annotations
 
@@ -112,6 +114,38 @@ class Result:
     forward_ms: float
     train_ms: float
     train_peak: int
+    forward_bytes: int = 0
+    train_bytes: int = 0
+
+    @property
+    def forward_gbs(self) -> float:
+        return self.forward_bytes / self.forward_ms / 1e6
+
+    @property
+    def train_gbs(self) -> float:
+        return self.train_bytes / self.train_ms / 1e6
+
+
+def traffic_bytes(x: torch.Tensor, y_numel: int) -> tuple[int, int]:
+    """The least bytes a pooling of ``x`` into ``y_numel`` outputs moves: forward (read x, write y)
+    and forward + backward (also read x, y and dy, write dx)."""
+    size = x.element_size()
+    forward = (x.numel() + y_numel) * size
+    return forward, forward + (2 * x.numel() + 2 * y_numel) * size
+
+
+def copy_bandwidth(device: torch.device, mebibytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of a device-to-device copy of ``mebibytes`` (bytes read plus written, best of ``repeats``)."""
+    source = torch.empty(mebibytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() / best / 1e9
 
 
 def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, seed: int = 0) -> list[Result]:
@@ -121,6 +155,7 @@ def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, seed: int =
     for shape, args in shapes:
         x = torch.randn(shape, device=device).requires_grad_()
         grad = torch.ones_like(F.avg_pool3d(x.detach(), **args))
+        moved = traffic_bytes(x, grad.numel())
         best = {(name, mode): float("inf") for name in METHODS for mode in ("forward", "train")}
         for name, pool in METHODS.items():
             _run(pool, x.detach(), None, args)
@@ -136,18 +171,20 @@ def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, seed: int =
         for name, pool in METHODS.items():
             results.append(
                 Result(shape, args, name, best[name, "forward"] * 1e3, best[name, "train"] * 1e3,
-                       peak_bytes(pool, x, grad, args))
+                       peak_bytes(pool, x, grad, args), *moved)
             )
         del x, grad
     return results
 
 
-def markdown(results: list[Result]) -> str:
-    """A table: times and their ratio to avg_pool3d, peak memory and its ratio to the 5-op formula."""
+def markdown(results: list[Result], bandwidth_gbs: float | None = None) -> str:
+    """A table: times and their ratio to avg_pool3d, peak memory and its ratio to the 5-op formula,
+    achieved GB/s (and its share of ``bandwidth_gbs``, when given)."""
+    share = (lambda gbs: f" ({100 * gbs / bandwidth_gbs:.0f}%)") if bandwidth_gbs else (lambda gbs: "")
     rows = [
         "| input, pooling | method | fwd ms | fwd / avg | fwd+bwd ms | fwd+bwd / avg | fwd+bwd vs 5-op | "
-        "peak MiB (fwd+bwd) | peak / 5-op |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "peak MiB (fwd+bwd) | peak / 5-op | fwd GB/s | fwd+bwd GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i in range(0, len(results), len(METHODS)):
         group = {r.method: r for r in results[i : i + len(METHODS)]}
@@ -157,7 +194,8 @@ def markdown(results: list[Result]) -> str:
             rows.append(
                 f"| {label} | {r.method} | {r.forward_ms:.1f} | {r.forward_ms / avg.forward_ms:.2f}x | "
                 f"{r.train_ms:.1f} | {r.train_ms / avg.train_ms:.2f}x | {five.train_ms / r.train_ms:.2f}x faster | "
-                f"{r.train_peak / 2**20:.0f} | {r.train_peak / five.train_peak:.2f} |"
+                f"{r.train_peak / 2**20:.0f} | {r.train_peak / five.train_peak:.2f} | "
+                f"{r.forward_gbs:.0f}{share(r.forward_gbs)} | {r.train_gbs:.0f}{share(r.train_gbs)} |"
             )
     return "\n".join(rows)
 
@@ -185,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         fused = extension.for_device(device) is not None
         where = torch.cuda.get_device_name(device) if name == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         sys.stdout.write(f"\n### {name} ({where}; torch {torch.__version__}; kernel: {'fused' if fused else 'pure-PyTorch fallback'})\n\n")
-        sys.stdout.write(markdown(benchmark(device, repeats=args.repeats)) + "\n")
+        bandwidth = copy_bandwidth(device) if name == "cuda" else None
+        if bandwidth:
+            sys.stdout.write(f"device-to-device copy: {bandwidth:.0f} GB/s (the % columns are of it)\n\n")
+        sys.stdout.write(markdown(benchmark(device, repeats=args.repeats), bandwidth) + "\n")
     return 0
 

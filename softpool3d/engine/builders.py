@@ -108,16 +108,17 @@ def cpu_has_native_bf16() -> bool:
 def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     """The precision ``train.amp`` gives on ``device``, and why: ``("bf16" | "fp16" | "none", reason)``.
 
-    ``auto`` is bf16 on a CUDA GPU that supports it and on a CPU with native bf16 (AMX or
-    AVX512-BF16), float32 (``none``) otherwise: on an AVX2-only CPU torch's bf16 3D convolutions
-    run 20-40x slower than float32. An explicit value is kept.
+    ``auto`` is bf16 on a CUDA GPU with native bf16 (compute capability 8.0 or newer: A100, H100,
+    ...) and on a CPU with native bf16 (AMX or AVX512-BF16), float32 (``none``) otherwise: a V100
+    or T4 only emulates bf16, and on an AVX2-only CPU torch's bf16 3D convolutions run 20-40x
+    slower than float32. An explicit value is kept.
     """
     if amp != "auto":
         return amp, f"train.amp={amp}"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "train.amp=auto: this GPU supports bf16"
-        return "none", "train.amp=auto: this GPU has no bf16 support, float32"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", "train.amp=auto: this GPU has native bf16"
+        return "none", "train.amp=auto: float32, since this GPU has no native bf16 (compute capability below 8.0)"
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16", "train.amp=auto: this CPU has native bf16 (AMX or AVX512-BF16)"
     return "none", f"train.amp=auto: float32, since this {device.type.upper()} has no native bf16 (AMX or AVX512-BF16)"

@@ -5,7 +5,7 @@ The format is defined here once: :func:`training_checkpoint` assembles it, :func
 and :func:`load_model_state` read it back. A checkpoint holds ``model`` (state dict, no ``module.``
 prefix), ``optimizer``, ``scheduler``, ``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
 ``step_in_epoch``, ``config`` (plain dict), ``classes``, ``rng`` (one entry per rank: python,
-numpy, torch and cuda states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
+numpy, torch and the rank's own CUDA device's states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
 ``consecutive_skips`` (non-finite steps skipped), ``ema`` (the EMA of the weights and buffers, a
 state dict like ``model``'s, when ``train.ema_decay > 0``; else None) with ``ema_updates``, and
 ``meta`` (:func:`provenance`: package version, git commit, python, torch and CUDA versions).
@@ -232,8 +232,13 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch (and CUDA, if any) RNG states, as types that
-    ``torch.load(weights_only=True)`` accepts (numpy's key array becomes a tensor)."""
+    """This process's python, numpy, torch (and, with CUDA, its current device's) RNG states, as
+    types that ``torch.load(weights_only=True)`` accepts (numpy's key array becomes a tensor).
+
+    ``cuda`` is a list holding the one state of the device this rank computes on, not one per
+    visible device: a job resumed with another GPU visibility (8 per process becoming 1 per
+    process) restores it all the same.
+    """
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -241,18 +246,22 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [torch.cuda.get_rng_state(torch.cuda.current_device())]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states saved by :func:`rng_state`."""
+    """Restore states saved by :func:`rng_state`. The CUDA state goes to this process's current
+    device; a checkpoint of an older format, holding one state per device its rank could see,
+    gives the current device the entry of the same index (the first when there are fewer)."""
     random.setstate(state["python"])
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        torch.cuda.set_rng_state(cuda[device if len(cuda) > 1 and device < len(cuda) else 0], device)
 
 
 @dataclass

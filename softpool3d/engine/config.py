@@ -126,12 +126,16 @@ class OptimConfig:
 class TrainConfig:
     """The training loop.
 
-    ``amp``: auto | none | bf16 | fp16 (with a grad scaler); ``auto`` is bf16 on CUDA GPUs and
-    CPUs with native bf16 (AMX, AVX512-BF16), float32 otherwise (see ``builders.resolve_amp``). ``grad_clip``: max gradient norm (0: off).
+    ``amp``: auto | none | bf16 | fp16 (with a grad scaler); ``auto`` is bf16 on GPUs and CPUs
+    with native bf16 (compute capability >= 8.0; AMX, AVX512-BF16), float32 otherwise (see ``builders.resolve_amp``). ``grad_clip``: max gradient norm (0: off).
     ``accumulate``: micro-batches per optimizer step. ``checkpoint_every_steps``: also write
     ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
-    ``deterministic``: ``torch.use_deterministic_algorithms``. ``num_threads``: CPU threads of
+    ``deterministic``: ``torch.use_deterministic_algorithms``, cuDNN autotuning off and
+    ``CUBLAS_WORKSPACE_CONFIG`` set; on CUDA it refuses ``model.pool=avg`` models with a windowed
+    ``nn.AvgPool3d`` (no deterministic CUDA backward; :mod:`softpool3d.engine.backends`); without it
+    ``cudnn.benchmark`` is on. ``channels_last``: model and clips in ``torch.channels_last_3d``.
+    ``device``: auto (CUDA when there is a GPU) | cpu | cuda. ``num_threads``: CPU threads of
     each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
     ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
     long a collective waits for a peer before failing (under torchrun).
@@ -160,6 +164,7 @@ class TrainConfig:
     dist_timeout_s: int = 600
     seed: int = 0
     deterministic: bool = False
+    channels_last: bool = False
     test_after_train: bool = True
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0

@@ -34,7 +34,7 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
-    """Join torchrun's process group if ``WORLD_SIZE`` > 1; pick CUDA (``local_rank``) or the CPU.
+    """Join torchrun's process group if ``WORLD_SIZE`` > 1; pick CUDA (:func:`cuda_device_index`) or the CPU.
 
     ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. A collective that
     waits longer than ``timeout_s`` for a peer (a rank that hangs) fails instead of blocking forever;
@@ -47,8 +47,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is available")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
+        index = cuda_device_index(local_rank)
+        torch.cuda.set_device(index)
+        target = torch.device("cuda", index)
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
@@ -56,6 +57,14 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size, timeout),
                                 rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, target)
+
+
+def cuda_device_index(local_rank: int) -> int:
+    """The visible CUDA device of the process with ``LOCAL_RANK`` ``local_rank``: ``local_rank``
+    modulo the visible count. A node whose processes each see all its GPUs gets GPU ``local_rank``;
+    one whose launcher gives each process a single GPU (SLURM's ``--gpus-per-task=1``, or
+    ``CUDA_VISIBLE_DEVICES`` per rank) gets index 0 for every ``LOCAL_RANK``."""
+    return local_rank % max(1, torch.cuda.device_count())
 
 
 def _attempt_store(world_size: int, timeout: timedelta) -> Optional[dist.Store]:
@@ -107,12 +116,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, for exact mid-epoch resume.
+    """``DistributedSampler`` that yields ``(epoch, index)`` pairs and can start an epoch part-way,
+    for exact mid-epoch resume.
 
-    ``set_start(n)`` skips the first ``n`` indices of this rank's order for the current epoch
-    (reset by the next ``set_epoch``), without drawing any random numbers. :meth:`epoch_order`
-    draws the epoch's global order (a subclass may draw it otherwise); it is then padded or cut
-    and sharded like ``DistributedSampler``'s.
+    The epoch travels with each index, so a dataset in a persistent DataLoader worker (which
+    never sees ``set_epoch`` calls made in the main process) still draws the epoch's clips: wrap it
+    in :class:`softpool3d.engine.loaders.EpochIndexed`. ``set_start(n)`` skips the first ``n``
+    pairs of this rank's order for the current epoch (reset by the next ``set_epoch``), without
+    drawing any random numbers.
+
+    Which items an epoch visits, and in what order, is :meth:`epoch_order` alone: a subclass (a
+    class-balanced sampler, say) overrides it; padding, sharding over ranks and resume stay here.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -127,21 +141,30 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start = start
 
     def epoch_order(self) -> list[int]:
-        """This epoch's order of the dataset's indices, before padding and sharding: ``DistributedSampler``'s
-        permutation seeded with ``seed + epoch`` (or ``0 .. n-1`` without shuffling)."""
+        """The dataset indices of epoch ``self.epoch`` over all ranks, in order: ``len(self.dataset)``
+        of them, a permutation drawn from ``self.seed + self.epoch`` when shuffling (the order
+        ``DistributedSampler`` draws), ``0, 1, ...`` otherwise. Must depend only on the seed and
+        the epoch, so that every rank and every resumed run draws the same order."""
         if not self.shuffle:
             return list(range(len(self.dataset)))
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         return torch.randperm(len(self.dataset), generator=generator).tolist()
 
-    def __iter__(self) -> Iterator[int]:
-        indices = self.epoch_order()
-        if self.drop_last:
-            indices = indices[: self.total_size]
+    def rank_indices(self) -> list[int]:
+        """This rank's ``num_samples`` indices of :meth:`epoch_order`, padded (by repeating its start)
+        or cut to ``total_size`` as ``DistributedSampler`` does, then every ``num_replicas``-th."""
+        order = self.epoch_order()
+        if not self.drop_last:
+            padding = self.total_size - len(order)
+            order += (order * math.ceil(padding / len(order)))[:padding] if padding > 0 else []
         else:
-            indices = (indices * math.ceil(self.total_size / len(indices)))[: self.total_size]
-        return iter(indices[self.rank : self.total_size : self.num_replicas][self.start :])
+            order = order[: self.total_size]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, index) for index in self.rank_indices()[self.start :]])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
 from softpool3d.engine.config import ConfigError, check_runnable, from_container
-from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
+from softpool3d.engine.loaders import run_loader
 from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def evaluate(
     amp: str = "none",
     progress: bool = False,
     max_bad_fraction: float = 0.05,
+    loader: Optional[DataLoader] = None,
     *,
     normalizer: ClipNormalizer,
 ) -> EvalResult:
@@ -112,38 +113,35 @@ def evaluate(
     ``dataset`` provides ``num_videos``, ``num_views`` and ``classes`` (and ``videos``, the paths,
     if it has them). A video with a view labelled ``UNREADABLE`` is left out of the result; if
     more than ``max_bad_fraction`` of the videos are, :class:`UnreadableVideosError` names them.
-    Returns the same :class:`EvalResult` on every rank.
+    ``loader``: one of :func:`evaluation_loader`'s for ``dataset``, kept by a caller that evaluates
+    again (its workers persist); by default a new one. The per-video sums stay on the device until
+    one all-reduce at the end. Returns the same :class:`EvalResult` on every rank.
     """
-    num_videos, num_classes = dataset.num_videos, len(dataset.classes)
-    sums = torch.zeros(num_videos, num_classes, dtype=torch.float64)
-    views = torch.zeros(num_videos, dtype=torch.float64)
-    labels = torch.zeros(num_videos, dtype=torch.float64)
-    unreadable = torch.zeros(num_videos, dtype=torch.float64)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), dist_info.rank, dist_info.world_size),
-        num_workers=num_workers,
-        worker_init_fn=freeze_inherited_objects,
-    )
+    num_videos, num_classes, device = dataset.num_videos, len(dataset.classes), dist_info.device
+    sums = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
+    views = torch.zeros(num_videos, dtype=torch.float64, device=device)
+    labels = torch.zeros(num_videos, dtype=torch.float64, device=device)
+    unreadable = torch.zeros(num_videos, dtype=torch.float64, device=device)
+    if loader is None:
+        loader = evaluation_loader(dataset, dist_info, batch_size, num_workers)
     was_training = model.training
     model.eval()
     for clips, targets, video_index in tqdm(loader, desc="eval", disable=not (progress and dist_info.is_main),
                                             leave=False, dynamic_ncols=True):
-        readable = targets != UNREADABLE
+        readable = targets != UNREADABLE  # on the CPU, as the loader gives them: no device sync
         if not bool(readable.all()):
-            unreadable.index_add_(0, video_index[~readable], torch.ones(int((~readable).sum()), dtype=torch.float64))
+            unreadable[video_index[~readable].to(device)] = 1.0
             clips, targets, video_index = clips[readable], targets[readable], video_index[readable]
             if not len(targets):
                 continue
-        logits = forward_views(model, clips, dist_info.device, amp, normalizer)
-        probabilities = logits.float().softmax(dim=1).double().cpu()
-        sums.index_add_(0, video_index, probabilities)
-        views.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
-        labels.index_add_(0, video_index, targets.double())
+        video_index = video_index.to(device, non_blocking=True)
+        logits = forward_views(model, clips, device, amp, normalizer)
+        sums.index_add_(0, video_index, logits.float().softmax(dim=1).double())
+        views.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64, device=device))
+        labels.index_add_(0, video_index, targets.to(device, torch.float64, non_blocking=True))
     model.train(was_training)
     packed = torch.cat([sums, views[:, None], labels[:, None], unreadable[:, None]], dim=1)
-    packed = all_reduce_sum(packed.to(dist_info.device)).cpu()
+    packed = all_reduce_sum(packed).cpu()
     sums, views, labels = packed[:, :num_classes], packed[:, num_classes], packed[:, num_classes + 1]
     bad = packed[:, num_classes + 2] > 0
     left_out = [_video_name(dataset, i) for i in bad.nonzero().flatten().tolist()]
@@ -167,6 +165,13 @@ def evaluate(
         total_videos=num_videos,
         left_out=left_out,
     )
+
+
+def evaluation_loader(dataset: Dataset, dist_info: DistInfo, batch_size: int, num_workers: int) -> DataLoader:
+    """The loader :func:`evaluate` reads ``dataset`` with: this rank's shard of the items (no padding),
+    persistent workers, memory pinned on a GPU (:func:`~softpool3d.engine.loaders.run_loader`)."""
+    return run_loader(dataset, ShardSampler(len(dataset), dist_info.rank, dist_info.world_size), batch_size,
+                      num_workers, dist_info.device)
 
 
 def report_left_out(result: EvalResult, what: str, already_reported: Optional[set[str]] = None) -> None:
@@ -240,13 +245,23 @@ def test_output_dir(checkpoint: str | Path, out: Optional[str | Path] = None) ->
     return path.parent.parent / f"test-{path.stem}"
 
 
+def evaluation_config(stored: dict, overrides: Sequence[str] = (), checkpoint: str | Path = "checkpoint") -> DictConfig:
+    """The config ``softpool3d-test`` evaluates with: the one ``stored`` in ``checkpoint`` with
+    ``overrides`` applied, except ``train.device``, which is ``auto`` (the GPU when there is one)
+    unless an override names it: the device a model was trained on says nothing of the machine
+    that tests it."""
+    stored = {**stored, "train": {**(stored.get("train") or {}), "device": "auto"}}
+    return from_container(stored, overrides, source=f"config stored in {checkpoint}")
+
+
 def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str | Path] = None) -> EvalResult:
     """``tools/test.py``: evaluate ``checkpoint`` on ``data.test_split`` with ``data.num_clips x data.num_crops``
-    views; the checkpoint's config with ``overrides`` applied. Rank 0 writes the predictions into
+    views; the checkpoint's config with ``overrides`` applied (:func:`evaluation_config`: on the GPU when
+    there is one, whatever device trained it). Rank 0 writes the predictions into
     :func:`test_output_dir` and logs the metrics (:func:`test_model`)."""
     directory = test_output_dir(checkpoint, out)
     state = load_checkpoint(checkpoint)
-    cfg = from_container(state["config"], overrides, source=f"config stored in {checkpoint}")
+    cfg = evaluation_config(state["config"], overrides, checkpoint)
     check_runnable(cfg, training=False)
     dist_info = init_distributed(cfg.train.device)
     builders.set_threads(cfg)

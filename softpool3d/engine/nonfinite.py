@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -23,11 +23,12 @@ class NonFiniteLossError(RuntimeError):
     (``train.nonfinite=stop``, or too many consecutive skips), or a checkpoint would hold NaN/inf."""
 
 
-def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite; meant for many small tensors (BatchNorm
-    statistics), checked as one concatenation."""
-    flat = [tensor.reshape(-1) for tensor in tensors]
-    return bool(torch.isfinite(torch.cat(flat)).all()) if flat else True
+def count_nonfinite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """How many elements of ``tensors`` are NaN or inf, as a 0-dim tensor on their device (no host
+    sync); meant for many small tensors (BatchNorm statistics), checked as one concatenation."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.int64)
+    return (~torch.isfinite(torch.cat([tensor.reshape(-1) for tensor in tensors]))).sum()
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:

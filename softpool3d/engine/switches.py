@@ -27,12 +27,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from softpool3d.datasets import ClipDataset, freeze_inherited_objects
+from softpool3d.datasets import ClipDataset
 from softpool3d.engine import builders
 from softpool3d.engine.distributed import DistInfo, ResumableDistributedSampler
 from softpool3d.engine.ema import ModelEma
 from softpool3d.engine.erasing import random_erase
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
+from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.mixing import Mixer, SoftTargetCrossEntropy
 from softpool3d.engine.precise_bn import recompute_bn_stats
 
@@ -63,11 +64,9 @@ class TrainingSwitches:
             sampler = ResumableDistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                                   shuffle=True, seed=train.seed + PRECISE_BN_SEED_OFFSET,
                                                   drop_last=True)
-            self.bn_loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler,
-                                        num_workers=cfg.data.num_workers, drop_last=True,
-                                        pin_memory=dist_info.device.type == "cuda",
-                                        generator=torch.Generator().manual_seed(train.seed),
-                                        worker_init_fn=freeze_inherited_objects)
+            self.bn_loader = run_loader(EpochIndexed(train_set), sampler, cfg.data.batch_size, cfg.data.num_workers,
+                                        dist_info.device, drop_last=True,
+                                        generator=torch.Generator().manual_seed(train.seed))
         self.bn_done: Optional[tuple[int, int]] = None  # (epoch, step) of the last precise BN
 
     def augment(self, clips: torch.Tensor, labels: torch.Tensor, epoch: int, step: int,
@@ -101,7 +100,6 @@ class TrainingSwitches:
     def _precise_bn(self, models: list[nn.Module], epoch: int) -> None:
         device, amp = self.dist.device, builders.resolve_amp(self.cfg.train.amp, self.dist.device)[0]
         self.bn_loader.sampler.set_epoch(epoch)
-        self.bn_loader.dataset.set_epoch(epoch)
         limit, normalizer = self.cfg.train.precise_bn_batches, ClipNormalizer.from_config(self.cfg)
 
         def batches():

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from softpool3d.engine import builders
+from softpool3d.engine import backends, builders
 from softpool3d.engine.callbacks import StepCallback, StepContext, debug_callbacks
 from softpool3d.engine.checkpoint import (
     Progress,
@@ -39,22 +38,22 @@ from softpool3d.engine.checkpoint import (
     training_checkpoint,
 )
 from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
-from softpool3d.datasets import freeze_inherited_objects
 from softpool3d.engine.distributed import (
     DistInfo,
     all_gather_objects,
-    all_reduce_sum,
     barrier,
     cleanup,
     init_distributed,
     restart_count,
 )
-from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out, test_model
+from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out, test_model
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
-from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, all_finite, nonfinite_training_state
+from softpool3d.engine.loaders import EpochIndexed, run_loader
+from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, count_nonfinite, nonfinite_training_state
 from softpool3d.engine.optim import build_optimizer, build_scheduler
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
 from softpool3d.engine.sampler import build_train_sampler
+from softpool3d.engine.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.summary import log_startup_summary, split_label
 from softpool3d.engine.switches import TrainingSwitches
 from softpool3d.engine.tensorboard_log import TensorBoardLog
@@ -114,6 +113,7 @@ def train(cfg: DictConfig, step_callbacks: Sequence[StepCallback] = ()) -> Train
     After every optimizer step the loop calls the ``debug`` section's callbacks
     (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``.
     """
+    backends.configure_determinism(cfg.train.deterministic)  # before CUDA starts
     dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     lock = None
     try:
@@ -149,9 +149,6 @@ class _Trainer:
         self.tensorboard_dir = self.run_dir / "tensorboard"
         seed_everything(cfg.train.seed + dist_info.rank)
         builders.set_threads(cfg)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
         if dist_info.is_main:
             builders.prepare_data(cfg)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -164,14 +161,14 @@ class _Trainer:
         self.amp, amp_reason = builders.resolve_amp(cfg.train.amp, self.device)
         self.normalizer = ClipNormalizer.from_config(cfg)
         self.classes = list(self.train_set.classes)
-        self.model = builders.build_model(cfg, len(self.classes)).to(self.device)
+        self.memory_format = backends.memory_format(cfg.train.channels_last)
+        self.model = builders.build_model(cfg, len(self.classes)).to(self.device, memory_format=self.memory_format)
+        backends.check_deterministic_model(self.model, self.device, cfg.train.deterministic)
         self.sampler = build_train_sampler(cfg, self.train_set, dist_info)
         self.generator = torch.Generator()
-        self.loader = DataLoader(
-            self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
-            drop_last=True, pin_memory=self.device.type == "cuda", generator=self.generator,
-            worker_init_fn=freeze_inherited_objects,
-        )
+        self.loader = run_loader(EpochIndexed(self.train_set), self.sampler, cfg.data.batch_size, cfg.data.num_workers,
+                                 self.device, drop_last=True, generator=self.generator)
+        self.val_loader = evaluation_loader(self.val_set, dist_info, cfg.data.test_batch_size, cfg.data.num_workers)
         self.steps_per_epoch = self.sampler.num_samples // cfg.data.batch_size // cfg.train.accumulate
         if cfg.train.limit_steps_per_epoch > 0:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.limit_steps_per_epoch)
@@ -279,8 +276,7 @@ class _Trainer:
     def _train_epoch(self) -> None:
         cfg, state = self.cfg, self.progress
         accumulate, batch_size, repeats = cfg.train.accumulate, cfg.data.batch_size, cfg.data.repeat_aug
-        self.sampler.set_epoch(state.epoch)
-        self.train_set.set_epoch(state.epoch)  # per-sample clip randomness keyed on (seed, epoch, index, repeat)
+        self.sampler.set_epoch(state.epoch)  # the epoch reaches the dataset through the sampled (epoch, index) pairs
         self.sampler.set_start(state.step_in_epoch * accumulate * batch_size)
         self.generator.manual_seed(cfg.train.seed * 100_003 + state.epoch)
         self.model.train()
@@ -289,7 +285,8 @@ class _Trainer:
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
         while state.step_in_epoch < self.steps_per_epoch:
             started = time.perf_counter()
-            wait, loss_sum, lr = 0.0, torch.zeros((), dtype=torch.float64), self.scheduler.get_last_lr()[0]
+            wait, lr = 0.0, self.scheduler.get_last_lr()[0]
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             buffers = self._snapshot_buffers() if cfg.train.nonfinite == "skip" else None
             for micro in range(accumulate):
                 fetched = time.perf_counter()
@@ -297,7 +294,7 @@ class _Trainer:
                 wait += time.perf_counter() - fetched
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
-                clips = model_inputs(clips, self.device, self.normalizer)
+                clips = model_inputs(clips, self.device, self.normalizer).contiguous(memory_format=self.memory_format)
                 labels = labels.to(self.device, non_blocking=True)
                 clips, targets = self.switches.augment(clips, labels, state.epoch, state.step, micro)
                 sync = micro == accumulate - 1 or not self.dist.distributed
@@ -307,7 +304,7 @@ class _Trainer:
                     loss = self.criterion(logits.float(), targets)
                     scaled = loss / accumulate
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                loss_sum += loss.detach().double().cpu()
+                loss_sum += loss.detach().double()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
             self.switches.after_step(self.model, updated=self.guard.last_step_ok)
             elapsed = time.perf_counter() - started
@@ -333,24 +330,20 @@ class _Trainer:
         """Check the loss, gradient norm and BatchNorm statistics on every rank, then step (or skip,
         or stop: :class:`NonFiniteGuard`); returns the loss averaged over ranks.
 
-        A skipped step also restores the buffers (BatchNorm statistics) from ``buffers``, taken
+        The figures stay on the device until one all-reduce and one read (:func:`reduce_step`). A
+        skipped step also restores the buffers (BatchNorm statistics) from ``buffers``, taken
         before its forward passes.
         """
         cfg = self.cfg
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).detach().double().cpu()
-        flags = [not torch.isfinite(local_loss), self.scaler is None and not torch.isfinite(norm),
-                 not all_finite(self.float_buffers)]
-        summary = all_reduce_sum(torch.tensor([float(local_loss), *map(float, flags)], dtype=torch.float64,
-                                              device=self.device)).cpu()
-        loss_mean = float(summary[0]) / self.dist.world_size
-        problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"),
-                                                summary[1:].tolist()) if count > 0]
+        norm = gradient_norm(trainable, cfg.train.grad_clip)
+        summary = reduce_step(local_loss, norm, self.scaler is None, count_nonfinite(self.float_buffers),
+                              self.dist.world_size, self.device)
+        loss_mean, problems = summary.loss, summary.problems
         where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch + 1}, loss {loss_mean:.6g}, "
-                 f"grad norm {float(norm):.6g})")
+                 f"grad norm {summary.grad_norm:.6g})")
         if not self.guard.step_ok(problems, where):
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
@@ -383,7 +376,7 @@ class _Trainer:
         for name, model in self.switches.eval_models(self.model, epoch, self.progress.step):
             result = evaluate(model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
                               self.amp, max_bad_fraction=cfg.data.max_bad_fraction,
-                              normalizer=self.normalizer)
+                              loader=self.val_loader, normalizer=self.normalizer)
             if self.dist.is_main:
                 report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
             weights = "" if name == "model" else f", {name} weights"

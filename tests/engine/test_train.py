@@ -366,3 +366,15 @@ def test_read_only_output_dir_fails_with_the_directory_named(tmp_path):
     error = errors.get(timeout=30)
     child.join()
     assert error == f"output directory {tmp_path / 'read_only' / 'run'} is not writable: Permission denied"
+
+
+def test_channels_last_trains_to_the_weights_of_the_contiguous_layout(tmp_path, synthetic):
+    options = ["train.epochs=1", "train.test_after_train=false", "train.deterministic=false"]
+    contiguous = load_checkpoint(train(_cfg(tmp_path / "a", *options)).last_checkpoint)["model"]
+    channels_last = load_checkpoint(train(_cfg(tmp_path / "b", *options, "train.channels_last=true")).last_checkpoint)
+    layout = torch.channels_last_3d
+    assert channels_last["model"]["stem.0.weight"].is_contiguous(memory_format=layout)
+    assert not contiguous["stem.0.weight"].is_contiguous(memory_format=layout)
+    for key, value in contiguous.items():  # the same training up to the rounding of another summation order
+        torch.testing.assert_close(channels_last["model"][key], value, rtol=1e-3, atol=2e-4)
+    assert not torch.equal(channels_last["model"]["fc.weight"], builders.build_model(_cfg(tmp_path), 3).fc.weight)

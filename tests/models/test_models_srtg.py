@@ -99,3 +99,31 @@ def test_gate_passes_x_times_h_when_the_cycle_holds():
     with torch.no_grad():
         torch.testing.assert_close(step(x), x * states.transpose(1, 2)[..., None, None])
         assert not torch.allclose(step(x), x)
+
+
+@pytest.mark.parametrize("gates", [True, False])
+def test_lstm_and_gate_run_in_float32_under_bf16_autocast_and_the_output_keeps_bf16(monkeypatch, gates):
+    from softpool3d.models import srtg
+
+    torch.manual_seed(0)
+    step = SqueezeRecursion(4, "soft", gates=gates)
+    seen = {}
+    step.lstm.register_forward_hook(lambda module, inputs, output: seen.update(
+        lstm=(inputs[0].dtype, output[0].dtype, torch.is_autocast_enabled("cpu"))))
+    real = srtg.cycle_consistent
+
+    def spy(u, v):
+        seen.setdefault("gate", []).append((u.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return real(u, v)
+
+    monkeypatch.setattr(srtg, "cycle_consistent", spy)
+    x = torch.randn(2, 4, 3, 5, 5).bfloat16()  # the activation dtype of a bf16-autocast network
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = step(x)
+    assert out.dtype == torch.bfloat16
+    assert seen["lstm"] == (torch.float32, torch.float32, False)
+    assert seen.get("gate", []) == ([(torch.float32, torch.float32, False)] * 2 if gates else [])
+    # the float32 reference: the same step on the float32 input, with x * h rounded to bf16 once
+    with torch.no_grad():
+        reference = step(x.float())
+    torch.testing.assert_close(out.float(), reference, atol=0.02, rtol=0.02)

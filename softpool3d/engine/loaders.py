@@ -1,0 +1,41 @@
+"""The DataLoaders of a run: workers that live as long as the run, memory pinned for the GPU.
+
+Workers are persistent (``persistent_workers=True`` when ``num_workers > 0``): a run forks them
+once per loader, not again at every epoch and every validation. A persistent worker keeps its own
+copy of the dataset, so ``set_epoch`` in the main process never reaches it; the training sampler
+(:class:`~softpool3d.engine.distributed.ResumableDistributedSampler`) therefore yields
+``(epoch, index)`` pairs and :class:`EpochIndexed` sets the epoch of the worker's copy from them.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from softpool3d.datasets import freeze_inherited_objects
+
+
+class EpochIndexed(Dataset):
+    """``dataset`` read by ``(epoch, index)`` keys: item ``(e, i)`` is ``dataset[i]`` after
+    ``dataset.set_epoch(e)`` (on the copy of the process that reads it, worker or main)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def run_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device,
+               drop_last: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
+    """A DataLoader with persistent workers (when ``num_workers > 0``), memory pinned when
+    ``device`` is a GPU, and :func:`~softpool3d.datasets.freeze_inherited_objects` in each worker."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                      pin_memory=device.type == "cuda", generator=generator, persistent_workers=num_workers > 0,
+                      worker_init_fn=freeze_inherited_objects)
