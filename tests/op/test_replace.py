@@ -47,9 +47,10 @@ def _pool_inputs(model, x):
 
 
 def _interior(layer, shape):
-    """Index of the outputs of windowed ``layer`` over an input of ``shape`` whose windows lie
-    wholly inside the input (no padding, no ceil_mode overhang); all outputs for adaptive layers."""
-    if not hasattr(layer, "kernel_size"):
+    """Index of the outputs of average pooling ``layer`` over an input of ``shape`` whose windows
+    lie wholly inside the input (no padding, no ceil_mode overhang); all outputs of max pooling
+    (which never lets padding into a value) and of adaptive layers (no padding)."""
+    if not isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         return (Ellipsis,)
     dims = len(shape) - 2
     def per_dim(value):
