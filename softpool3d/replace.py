@@ -40,7 +40,9 @@ SOURCE_KINDS = ("max", "avg", "adaptive")
 
 TARGET_POOLS = ("soft", "max", "avg")
 """What the layers become: SoftPool, or max or average pooling of the same geometry (average
-pooling without padded positions, ``count_include_pad=False``, as the models' ``avg`` kind)."""
+pooling without padded positions, ``count_include_pad=False``, as the models' ``avg`` kind).
+SoftPool and max pooling accept any input the padded window fits; torch's ``avg_pool3d`` also
+wants the unpadded input at least as large as the window (S3D's 3x3x3 pools over 2 frames fail)."""
 
 _WINDOWED = {nn.MaxPool1d: ("max", 1), nn.MaxPool2d: ("max", 2), nn.MaxPool3d: ("max", 3),
              nn.AvgPool1d: ("avg", 1), nn.AvgPool2d: ("avg", 2), nn.AvgPool3d: ("avg", 3)}

@@ -182,3 +182,15 @@ def test_replace_pooling_names_a_bad_kind():
         replace_pooling(nn.Sequential(), kinds=("maxpool",))
     with pytest.raises(ValueError, match="pool must be one of .* got 'lp'"):
         replace_pooling(nn.Sequential(), pool="lp")
+
+
+def test_dropin_benchmark_measures_both_variants_in_the_same_rounds(monkeypatch):
+    from softpool3d.benchmarks import dropin
+
+    tiny = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    monkeypatch.setitem(dropin.CASES, "tiny", (tiny, (2, 3, 16, 16)))
+    result = dropin.compare("tiny", repeats=2)
+    assert (result.replaced, result.left) == (2, 0)
+    assert all(len(result.seconds[v]) == len(result.peak_mb[v]) == 2 for v in dropin.VARIANTS)
+    assert all(s > 0 for v in dropin.VARIANTS for s in result.seconds[v])
+    assert dropin.table_row(result).startswith("| tiny | 2x3x16x16 | 2 | 0 |")
