@@ -170,6 +170,8 @@ def _s3d_linear_classifier(network: TorchvisionS3D) -> None:
 
 def _build(builder: str, interface: Type[Network], num_classes: int, pool: str, dropout: float, **kw: Any) -> Network:
     """torchvision's ``builder`` (random weights) with the interface, then pools of kind ``pool``."""
+    if "width" in kw:
+        raise ValueError(f"torchvision.{builder} has no width knob (set model.width to null), got width={kw['width']!r}")
     head_has_dropout = interface in (TorchvisionS3D, TorchvisionMViT)
     if head_has_dropout:
         kw["dropout"] = dropout
