@@ -209,7 +209,7 @@ def _register(builder: str, interface: Type[nn.Module], clip_size: tuple[int, in
     build.__name__ = f"torchvision.{builder}"
     build.__doc__ = (f"torchvision's ``{builder}`` with every pooling layer of kind ``pool`` (see "
                      f":mod:`softpool3d.models.torchvision_video`); ``dropout`` before the classifier "
-                     f"(default {default_dropout}, torchvision's); other keywords go to torchvision's builder. "
+                     f"(default {default_dropout}); other keywords go to torchvision's builder. "
                      f"Standard clip {'x'.join(map(str, clip_size))}.")
     register_model(torchvision_info(builder, clip_size, interface.CLASSIFIER), name=build.__name__)(build)
 
