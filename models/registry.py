@@ -55,18 +55,18 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFOS: dict[str, ModelInfo] = {}
 
 
-def register_model(info: ModelInfo) -> Callable[[Builder], Builder]:
-    """Decorator factory: register a builder under its function name (which must be new), with
-    ``info``, the record :func:`model_info` returns for it."""
+def register_model(info: ModelInfo, name: Optional[str] = None) -> Callable[[Builder], Builder]:
+    """Decorator factory: register a builder under ``name`` (default: its function name), which
+    must be new, with ``info``, the record :func:`model_info` returns for it."""
     if not isinstance(info, ModelInfo):
         raise TypeError(f"register_model takes a ModelInfo record, got {info!r}")
 
     def register(builder: Builder) -> Builder:
-        name = builder.__name__
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} is already registered by {_BUILDERS[name].__module__}")
-        _BUILDERS[name] = builder
-        _INFOS[name] = info
+        key = builder.__name__ if name is None else name
+        if key in _BUILDERS:
+            raise ValueError(f"model {key!r} is already registered by {_BUILDERS[key].__module__}")
+        _BUILDERS[key] = builder
+        _INFOS[key] = info
         return builder
 
     return register

@@ -66,6 +66,13 @@ def _classifier_name(model: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is classifier)
 
 
+def _is_pointwise_conv_of(value: torch.Tensor, linear_weight: torch.Tensor) -> bool:
+    """Whether ``value`` is a 1x1(x1) convolution's weight ``(out, in, 1, ...)`` of the same map as
+    the linear weight ``(out, in)`` (torchvision's S3D classifier is such a convolution)."""
+    return (linear_weight.dim() == 2 and value.dim() > 2 and all(size == 1 for size in value.shape[2:])
+            and value.shape[:2] == linear_weight.shape)
+
+
 def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, StateDict]) -> LoadReport:
     """Load weights into ``model`` in place, non-strictly, and report what matched.
 
@@ -73,7 +80,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     (ours, torchvision's ``VideoResNet``, pytorchvideo's X3D), our checkpoint (``{"model": ...}``)
     or a pytorchvideo/SlowFast checkpoint (``{"model_state": ...}``); ``module.`` (DDP) and
     ``_orig_mod.`` (``torch.compile``) prefixes are stripped. ``model`` must provide the models'
-    interface (``get_classifier``, ``reset_classifier``). When the source's classifier has another
+    interface (``get_classifier``, ``reset_classifier``). A classifier stored as a 1x1x1
+    convolution (torchvision's S3D) loads into the model's ``nn.Linear``. When the source's classifier has another
     shape (another class count), it is skipped and the model gets a freshly initialised one of its
     own class count by ``reset_classifier``, for fine-tuning; any other shape mismatch raises
     ``ValueError`` naming the key.
@@ -83,6 +91,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     head = _classifier_name(model) + "."
     report = LoadReport()
     for key, value in list(state.items()):
+        if key.startswith(head) and key in own and _is_pointwise_conv_of(value, own[key]):
+            state[key] = value = value.flatten(1)
         if key in own and own[key].shape != value.shape:
             if not key.startswith(head):
                 raise ValueError(

@@ -13,14 +13,17 @@ from softpool3d.ops import (
     soft_pool2d,
     soft_pool3d,
 )
+from softpool3d.replace import ReplacementReport, replace_pooling
 
 __all__ = [
+    "ReplacementReport",
     "SoftAdaptivePool1d",
     "SoftAdaptivePool2d",
     "SoftAdaptivePool3d",
     "SoftPool1d",
     "SoftPool2d",
     "SoftPool3d",
+    "replace_pooling",
     "soft_adaptive_pool1d",
     "soft_adaptive_pool2d",
     "soft_adaptive_pool3d",

@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _status_mb(key: str) -> float:
+def status_mb(key: str) -> float:
+    """This process's ``/proc/self/status`` figure ``key`` (``VmRSS``, ``VmHWM``, ...) in MB."""
     with open("/proc/self/status") as handle:
         return next(int(line.split()[1]) for line in handle if line.startswith(key + ":")) / 1024
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
+    """Reset this process's peak resident size (``VmHWM``) to its current one (``VmRSS``)."""
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := VmRSS
 
@@ -76,24 +78,24 @@ def child_index(root: str, run_dir: str) -> dict:
     result["gc_objects_no_data"] = len(gc.get_objects())
     for split in ("train", "val"):
         gc.collect()
-        before = _status_mb("VmRSS")
-        _reset_peak()
+        before = status_mb("VmRSS")
+        reset_peak()
         start = time.perf_counter()
         dataset = build_dataset("kinetics700", root, split, train=split == "train",
                                 missing_list=Path(run_dir) / f"missing_{split}.txt")
         seconds = time.perf_counter() - start
-        peak = _status_mb("VmHWM") - before
+        peak = status_mb("VmHWM") - before
         gc.collect()
         result[split] = {"videos": dataset.num_videos, "missing": dataset.num_missing, "classes": len(dataset.classes),
-                         "seconds": seconds, "growth_mb": _status_mb("VmRSS") - before, "peak_growth_mb": peak}
+                         "seconds": seconds, "growth_mb": status_mb("VmRSS") - before, "peak_growth_mb": peak}
         if split == "train":
             train = dataset
     result["gc_objects_index"] = len(gc.get_objects())
     result["worker_index"] = worker_private_mb(train, False)
     result["worker_index_frozen"] = worker_private_mb(train, True)
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     as_paths = list(train.videos)
-    result["paths_list_growth_mb"] = _status_mb("VmRSS") - before
+    result["paths_list_growth_mb"] = status_mb("VmRSS") - before
     result["gc_objects_paths_list"] = len(gc.get_objects())
     result["worker_paths_list"] = worker_private_mb(as_paths, False)
     return result
@@ -122,17 +124,17 @@ def child_old(commit: str, root: str) -> dict:
         for name in ("train.csv", "validate.csv"):
             (annotations / name).symlink_to(Path(root) / "annotations" / name)
         gc.collect()
-        before, objects = _status_mb("VmRSS"), len(gc.get_objects())
-        _reset_peak()
+        before, objects = status_mb("VmRSS"), len(gc.get_objects())
+        reset_peak()
         start = time.perf_counter()
         parsed = old.parse_kinetics(Path(root), annotations, "train")
         kept = [i for i, path in enumerate(parsed.videos) if path.is_file()]
         videos = [parsed.videos[i] for i in kept]
         del parsed, kept
         seconds = time.perf_counter() - start
-        peak = _status_mb("VmHWM") - before
+        peak = status_mb("VmHWM") - before
         gc.collect()
-        return {"videos": len(videos), "seconds": seconds, "growth_mb": _status_mb("VmRSS") - before,
+        return {"videos": len(videos), "seconds": seconds, "growth_mb": status_mb("VmRSS") - before,
                 "peak_growth_mb": peak, "gc_objects": len(gc.get_objects()) - objects}
 
 
@@ -168,14 +170,14 @@ def child_clip(path: str, indices: list[int]) -> dict:
     except Exception:  # decord raises DECORDError or RuntimeError
         refused = True
     gc.collect()
-    before = _status_mb("VmRSS")
-    _reset_peak()
+    before = status_mb("VmRSS")
+    reset_peak()
     start = time.perf_counter()
     video = OpenVideo(path)
     opened = time.perf_counter() - start
     clip = video.frames(indices).numpy()
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM") - before
+    peak = status_mb("VmHWM") - before
     start = time.perf_counter()
     wanted, reference = set(indices), {}
     with av.open(path) as container:

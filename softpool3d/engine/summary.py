@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from softpool3d.engine.builders import precision_name, slow_bf16_warning
 from softpool3d.engine.distributed import DistInfo
+from softpool3d.models import TorchvisionVideoModel
 from softpool3d.models.complexity import count_complexity
 
 logger = logging.getLogger("softpool3d")
@@ -75,7 +76,8 @@ def log_startup_summary(
     amp_reason: str,
 ) -> None:
     """Log, at rank 0, the data of each split (``datasets``: ``train``/``val``/``test`` -> dataset or
-    None), the model (params, GMACs), pool kind, device, precision (``amp`` resolved, with
+    None), the model (params, GMACs), pool kind (for torchvision's networks, the layers
+    ``replace_pooling`` swapped and left), device, precision (``amp`` resolved, with
     ``amp_reason``), world size, workers and steps per epoch; then the warning of an explicit
     bf16 on a CPU without native bf16."""
     if not dist_info.is_main:
@@ -91,6 +93,7 @@ def log_startup_summary(
         f"run {cfg.name}: dataset {data.dataset} at {data.root}",
         *(_dataset_line(cfg, role, datasets.get(role)) for role in ("train", "val", "test")),
         f"  model {cfg.model.name}{width}, pool {cfg.model.pool}: {params / 1e6:.2f} M params, {macs}",
+        *(f"    {line}" for line in (model.pool_replacement.lines() if isinstance(model, TorchvisionVideoModel) else [])),
         f"  device {dist_info.device}, precision {precision_name(amp)} ({amp_reason})",
         f"  world size {dist_info.world_size}, data.num_workers {data.num_workers} per process",
         f"  {cfg.train.epochs} epochs x {steps_per_epoch} steps of {clips_per_step} videos "

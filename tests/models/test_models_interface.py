@@ -18,16 +18,34 @@ TORCHVISION_WEIGHTS = {
 
 
 def _tiny(name, num_classes=5, **kw):
-    """The model at a CPU-test size: ResNets at width 4 (X3D has no width knob), in eval mode. The
-    interface does not depend on the pool kind; avg pooling keeps these tests fast."""
-    if not name.startswith("x3d"):
+    """The model at a CPU-test size: ResNets at width 4 (X3D and torchvision's networks have no
+    width knob), in eval mode. The interface does not depend on the pool kind; avg pooling keeps
+    these tests fast, max pooling for torchvision's networks (torch's avg_pool3d rejects S3D's
+    padded 3x3x3 windows over 2 frames)."""
+    pool = "max" if name.startswith("torchvision.") else "avg"
+    if not name.startswith(("x3d", "torchvision.")):
         kw.setdefault("width", 4)
     torch.manual_seed(0)
-    return build_model(name, num_classes, pool="avg", **kw).eval()
+    return build_model(name, num_classes, pool=pool, **kw).eval()
 
 
-def _clip(batch):
-    return torch.randn(batch, 3, 2, 16, 16)
+def _clip_size(name):
+    """2x16x16, or the smallest clip torchvision's weights record for its network (S3D 14x224x224,
+    MViT 16x224x224)."""
+    if not name.startswith("torchvision."):
+        return (2, 16, 16)
+    meta = torchvision.models.get_model_weights(name.partition(".")[2]).DEFAULT.meta
+    return (max(2, meta.get("min_temporal_size", 1)), *(max(16, size) for size in meta["min_size"]))
+
+
+def _clip(name, batch):
+    return torch.randn(batch, 3, *_clip_size(name))
+
+
+INTERFACE_NAMES = [pytest.param(name, marks=pytest.mark.slow)
+                   if name.startswith("torchvision.") and name != "torchvision.r3d_18" else name
+                   for name in list_models()]
+"""Every model; torchvision's at full width, slow but for r3d_18 (seconds to tens of seconds each)."""
 
 
 def _published_rounding(figure: float) -> float:
@@ -36,19 +54,20 @@ def _published_rounding(figure: float) -> float:
     return 0.5 * 10**-decimals
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", INTERFACE_NAMES)
 def test_forward_is_forward_head_of_forward_features(name):
     model = _tiny(name)
-    x = _clip(2)
+    x = _clip(name, 2)
     with torch.no_grad():
         features = model.forward_features(x)
         logits = model(x)
-        assert features.dim() == 5 and features.shape[0] == 2
+        # MViT's features are tokens (N, 1 + T'H'W', C), every other model's (N, C, T', H', W')
+        assert features.dim() == (3 if "mvit" in name else 5) and features.shape[0] == 2
         assert torch.equal(model.forward_head(features), logits)
     assert logits.shape == (2, 5)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", INTERFACE_NAMES)
 def test_get_classifier_is_the_module_named_in_the_record_and_produces_the_logits(name):
     model = _tiny(name)
     classifier = model.get_classifier()
@@ -58,11 +77,11 @@ def test_get_classifier_is_the_module_named_in_the_record_and_produces_the_logit
     with torch.no_grad():
         classifier.weight.zero_()
         classifier.bias.copy_(bias)
-        logits = model(_clip(3))
+        logits = model(_clip(name, 3))
     assert torch.equal(logits, bias.expand(3, 5))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", INTERFACE_NAMES)
 def test_reset_classifier_changes_the_class_count_and_keeps_the_backbone(name):
     model = _tiny(name)
     head = model_info(name).classifier + "."
@@ -76,7 +95,7 @@ def test_reset_classifier_changes_the_class_count_and_keeps_the_backbone(name):
     assert {k for k in after if not k.startswith(head)} == {k for k in before if not k.startswith(head)}
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith(head))
     with torch.no_grad():
-        assert model(_clip(2)).shape == (2, 7)
+        assert model(_clip(name, 2)).shape == (2, 7)
 
 
 def test_reset_classifier_keeps_device_and_dtype_and_rejects_a_bad_class_count():
