@@ -128,3 +128,8 @@ def for_device(device: torch.device) -> ModuleType | None:
         # the CUDA build holds the CPU kernel too; without nvcc the CPU-only build still works
         return (load(True) if torch.cuda.is_available() else None) or load(False)
     return None
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device, so that a build includes the CUDA kernel by default."""
+    return torch.cuda.is_available()
