@@ -46,7 +46,9 @@ def test_clip_dataset_keeps_the_compact_storage(tmp_path):
 @pytest.mark.slow
 def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     """Kinetics layout with 300,000 training rows, of which the videos of 2% are on disk (creating
-    files is slow here; the rest are reported missing). Time and memory are printed, not asserted."""
+    files is slow here; the rest are reported missing). Time is printed, not asserted. Memory is
+    asserted: indexing grows the process by less than 100 MB (39 MB measured), where keeping one
+    ``Path`` per row, as the index once did, would add about 90 MB (BENCHMARKS.md)."""
     rows = 300_000
     on_disk = write_kinetics_layout(tmp_path, num_train=rows, num_val=0, missing_fraction=0.98)["train_files"]
     gc.collect()
@@ -65,7 +67,7 @@ def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     assert len(train.videos) == on_disk and train.missing == rows - on_disk and len(train.classes) == 700
     assert sum(1 for _ in open(tmp_path / "missing.txt")) == rows - on_disk
     assert list(again.videos[:100]) == list(train.videos[:100]) and again.labels == train.labels
-    assert growth < 150
+    assert growth < 100
 
 
 @pytest.mark.slow
