@@ -1,12 +1,36 @@
-"""DataLoader worker set-up that keeps forked workers from copying the parent's memory."""
+"""Worker processes for decoding: how they start, and a set-up that keeps them from copying the
+memory they inherit."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
+from multiprocessing.context import BaseContext
+
+# What the fork server imports once, so that each worker it forks starts with them loaded.
+_PRELOAD = ["__main__", "softpool3d.datasets"]
+
+
+def worker_context() -> BaseContext:
+    """The start method of every worker process (DataLoader workers, ``prepare_videos``' pool):
+    a fork server, with ``spawn`` where the platform has none.
+
+    A plain ``fork`` copies the parent's locks as they are. PyAV's scaler keeps a pool of slice
+    threads, so a worker forked after the parent converted a frame (writing or reading a video
+    with PyAV, av 18 and av 19 alike) can wait forever on a lock of a thread it does not have.
+    The fork server is a fresh, single-threaded process started once per parent; it imports
+    ``_PRELOAD`` once, and forks each worker from that clean state (BENCHMARKS.md, "Worker
+    start methods", has the start-up time and memory this costs next to ``fork``).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 def freeze_inherited_objects(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: move every object inherited from the parent into
-    the garbage collector's permanent generation.
+    """``worker_init_fn`` for DataLoaders: move every object inherited from the parent (the fork
+    server, under :func:`worker_context`) into the garbage collector's permanent generation.
 
     A forked worker shares the parent's memory until it writes to it, and a full collection
     writes to the header of every tracked object it walks, so without this each worker ends

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
 from softpool3d.engine.config import ConfigError, check_runnable, from_container
-from softpool3d.datasets import freeze_inherited_objects
+from softpool3d.datasets import freeze_inherited_objects, worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
 from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
@@ -111,6 +111,7 @@ def evaluate(
         sampler=ShardSampler(len(dataset), dist_info.rank, dist_info.world_size),
         num_workers=num_workers,
         worker_init_fn=freeze_inherited_objects,
+        multiprocessing_context=worker_context() if num_workers else None,
     )
     was_training = model.training
     model.eval()

@@ -40,7 +40,7 @@ from softpool3d.engine.checkpoint import (
     training_checkpoint,
 )
 from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
-from softpool3d.datasets import freeze_inherited_objects
+from softpool3d.datasets import freeze_inherited_objects, worker_context
 from softpool3d.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
@@ -172,6 +172,7 @@ class _Trainer:
             self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             drop_last=True, pin_memory=self.device.type == "cuda", generator=self.generator,
             worker_init_fn=freeze_inherited_objects,
+            multiprocessing_context=worker_context() if cfg.data.num_workers else None,
         )
         self.steps_per_epoch = self.sampler.num_samples // cfg.data.batch_size // cfg.train.accumulate
         if cfg.train.limit_steps_per_epoch > 0:
