@@ -16,7 +16,8 @@ def worker_context() -> BaseContext:
 
     A plain ``fork`` copies the parent's locks as they are. PyAV's scaler keeps a pool of slice
     threads, so a worker forked after the parent converted a frame (writing or reading a video
-    with PyAV, av 18 and av 19 alike) can wait forever on a lock of a thread it does not have.
+    with PyAV) can wait forever on a lock of a thread it does not have: with av 19 whatever the
+    worker converts, with av 18 when it converts with the parent's scaler.
     The fork server is a fresh, single-threaded process started once per parent; it imports
     ``_PRELOAD`` once, and forks each worker from that clean state (BENCHMARKS.md, "Worker
     start methods", has the start-up time and memory this costs next to ``fork``).
