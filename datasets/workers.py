@@ -1,9 +1,11 @@
 """Worker processes for decoding: how they start, and a set-up that keeps them from copying the
-memory they inherit."""
+memory they inherit and from outliving the main process."""
 from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 
 # What the fork server imports once, so that each worker it forks starts with them loaded.
@@ -31,12 +33,23 @@ def worker_context() -> BaseContext:
 
 def freeze_inherited_objects(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoaders: move every object inherited from the parent (the fork
-    server, under :func:`worker_context`) into the garbage collector's permanent generation.
+    server, under :func:`worker_context`) into the garbage collector's permanent generation, and
+    let go of the fork server's liveness pipe.
 
     A forked worker shares the parent's memory until it writes to it, and a full collection
     writes to the header of every tracked object it walks, so without this each worker ends
     up with a private copy of every page holding one: about 85 MB after importing torch alone
     (PyTorch issue 13246). Frozen objects are never walked; they are still freed when their
-    reference count drops to zero. ``worker_id`` is unused.
+    reference count drops to zero.
+
+    A child of the fork server holds the write end of the pipe by which the server learns that the
+    process it serves has ended. DataLoader workers exit when their parent does, and their parent
+    is the server, so a main process killed outright (SIGKILL, OOM) would leave the server and its
+    workers running for good; closing the pipe here lets the server, then the workers, end with it.
+    ``worker_id`` is unused.
     """
     gc.freeze()
+    server = forkserver._forkserver
+    if server._forkserver_pid is None and server._forkserver_alive_fd is not None:  # a child of the server
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
