@@ -14,7 +14,7 @@ from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_vide
 from softpool3d.datasets.index import LabelList, PathList
 from softpool3d.datasets.registry import DATASET_NAMES, DatasetFormat, dataset_format, list_datasets, register_dataset
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
-from softpool3d.datasets.workers import freeze_inherited_objects
+from softpool3d.datasets.workers import freeze_inherited_objects, worker_context
 
 __all__ = [
     "AnnotationError",
@@ -38,5 +38,6 @@ __all__ = [
     "read_frames",
     "register_dataset",
     "video_info",
+    "worker_context",
     "write_video",
 ]

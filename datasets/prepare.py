@@ -22,6 +22,7 @@ import av
 from tqdm import tqdm
 
 from softpool3d.datasets.annotations import VIDEO_EXTENSIONS
+from softpool3d.datasets.workers import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def prepare_videos(
     progress: bool = True,
 ) -> PrepareSummary:
     """Re-encode every video under ``src`` to the same relative path under ``dst`` (see
-    :func:`reencode_video`), in ``workers`` processes (default: one per CPU; 0 runs in this process).
+    :func:`reencode_video`), in ``workers`` processes (default: one per CPU; 0 runs in this process)
+    started by :func:`~softpool3d.datasets.workers.worker_context`.
 
     Other files (annotation lists) are copied, so ``dst`` can stand in for ``src`` as a dataset root.
     Outputs that exist are skipped (they are written atomically, so they are complete), which makes
@@ -165,7 +167,7 @@ def prepare_videos(
             results.append((job[0], _convert(*job)))
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
             futures = {pool.submit(_convert, *job): job[0] for job in jobs}
             for future in as_completed(futures):
                 results.append((futures[future], future.result()))

@@ -1,17 +1,55 @@
-"""DataLoader worker set-up that keeps forked workers from copying the parent's memory."""
+"""Worker processes for decoding: how they start, and a set-up that keeps them from copying the
+memory they inherit and from outliving the main process."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
+from multiprocessing import forkserver
+from multiprocessing.context import BaseContext
+
+# What the fork server imports once, so that each worker it forks starts with them loaded.
+_PRELOAD = ["__main__", "softpool3d.datasets"]
+
+
+def worker_context() -> BaseContext:
+    """The start method of every worker process (DataLoader workers, ``prepare_videos``' pool):
+    a fork server, with ``spawn`` where the platform has none.
+
+    A plain ``fork`` copies the parent's locks as they are. PyAV's scaler keeps a pool of slice
+    threads, so a worker forked after the parent converted a frame (writing or reading a video
+    with PyAV) can wait forever on a lock of a thread it does not have: with av 19 whatever the
+    worker converts, with av 18 when it converts with the parent's scaler.
+    The fork server is a fresh, single-threaded process started once per parent; it imports
+    ``_PRELOAD`` once, and forks each worker from that clean state (BENCHMARKS.md, "Worker
+    start methods", has the start-up time and memory this costs next to ``fork``).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 def freeze_inherited_objects(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: move every object inherited from the parent into
-    the garbage collector's permanent generation.
+    """``worker_init_fn`` for DataLoaders: move every object inherited from the parent (the fork
+    server, under :func:`worker_context`) into the garbage collector's permanent generation, and
+    let go of the fork server's liveness pipe.
 
     A forked worker shares the parent's memory until it writes to it, and a full collection
     writes to the header of every tracked object it walks, so without this each worker ends
     up with a private copy of every page holding one: about 85 MB after importing torch alone
     (PyTorch issue 13246). Frozen objects are never walked; they are still freed when their
-    reference count drops to zero. ``worker_id`` is unused.
+    reference count drops to zero.
+
+    A child of the fork server holds the write end of the pipe by which the server learns that the
+    process it serves has ended. DataLoader workers exit when their parent does, and their parent
+    is the server, so a main process killed outright (SIGKILL, OOM) would leave the server and its
+    workers running for good; closing the pipe here lets the server, then the workers, end with it.
+    ``worker_id`` is unused.
     """
     gc.freeze()
+    server = forkserver._forkserver
+    if server._forkserver_pid is None and server._forkserver_alive_fd is not None:  # a child of the server
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None

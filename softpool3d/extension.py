@@ -142,3 +142,8 @@ def for_device(device: torch.device) -> ModuleType | None:
     if device.type == "cpu":
         return load(False)
     return None
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device, so that a build includes the CUDA kernel by default."""
+    return torch.cuda.is_available()

@@ -99,11 +99,46 @@ def test_no_import_points_up():
     assert [problem for module, path in project_modules().items() for problem in upward_imports(module, path)] == []
 
 
+def tool_imports_problems(path: Path) -> list[str]:
+    """``path:line: ...`` for every import of the entry script ``path`` that is neither the standard
+    library nor the ``softpool3d`` package: another tool (by its module name, as ``tools/`` is the
+    script's ``sys.path[0]``, or through ``tools``) or any other library."""
+    tools = {script.stem for script in path.parent.glob("*.py")} | {"tools"}
+    problems = []
+    for line, target in imports_of(f"tools.{path.stem}", path):
+        top = target.split(".")[0]
+        if top in tools:
+            problems.append(f"{path}:{line}: imports {target}, another tool: tools import the package only")
+        elif top != "softpool3d" and top not in sys.stdlib_module_names:
+            problems.append(f"{path}:{line}: imports {target}: tools import the package only, which imports the rest")
+    return problems
+
+
 def test_tools_are_entry_scripts_above_every_layer():
-    """No package module imports ``tools``; the scripts import the package, never each other."""
+    """No package module imports ``tools``; the scripts import the package (and the standard library),
+    never each other nor another library."""
     modules = project_modules()
     for module, path in modules.items():
         assert all(target.split(".")[0] != "tools" for _, target in imports_of(module, path)), path
+    scripts = sorted((ROOT / "tools").glob("*.py"))
+    assert {"train", "test", "prepare_videos"} <= {script.stem for script in scripts}
+    assert [problem for script in scripts for problem in tool_imports_problems(script)] == []
+
+
+@pytest.mark.parametrize("source, target", [
+    ("import train\n", "train"),
+    ("from bench_models import main\n", "bench_models"),
+    ("from tools.test import main\n", "tools.test"),
+    ("from . import train\n", "tools"),
+    ("import torch\n", "torch"),
+])
+def test_a_tool_importing_another_tool_or_library_is_caught(tmp_path, source, target):
+    for name in ("train", "bench_models", "test"):
+        (tmp_path / f"{name}.py").write_text("")
+    path = tmp_path / "tool.py"
+    path.write_text("import sys\n\nfrom softpool3d.engine.cli import train_main\n" + source)
+    problems = tool_imports_problems(path)
+    assert len(problems) == 1 and f":4: imports {target}" in problems[0], problems
 
 
 @pytest.mark.parametrize("layer, source, target, line", [

@@ -11,8 +11,6 @@ import argparse
 import logging
 import sys
 
-import torch
-
 from softpool3d import extension
 
 
@@ -21,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-only", action="store_true", help="build without the CUDA kernel")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for with_cuda in (False, True) if torch.cuda.is_available() and not args.cpu_only else (False,):
+    for with_cuda in (False, True) if extension.cuda_available() and not args.cpu_only else (False,):
         module = extension.build(with_cuda, verbose=True)
         logging.info("built %s (%s)", module.__file__, "CPU + CUDA" if with_cuda else "CPU")
     return 0

@@ -59,12 +59,17 @@ class WorkerMemory:
             return next(int(line.split()[1]) for line in handle if line.startswith("Private_Dirty")) / 1024
 
 
-def worker_private_mb(payload: object, freeze: bool) -> float:
+def worker_private_mb(payload: object, freeze: bool, start_method: str = "fork") -> float:
+    """Private_Dirty (MB) of one DataLoader worker holding ``payload``, started by ``start_method``
+    (``"fork"``, ``"spawn"``, or ``"forkserver"`` as :func:`~softpool3d.datasets.worker_context` sets it up)."""
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
-    from softpool3d.datasets import freeze_inherited_objects
+    from softpool3d.datasets import freeze_inherited_objects, worker_context
 
-    loader = DataLoader(WorkerMemory(payload), batch_size=None, num_workers=1, multiprocessing_context="fork",
+    context = worker_context() if start_method == "forkserver" else multiprocessing.get_context(start_method)
+    loader = DataLoader(WorkerMemory(payload), batch_size=None, num_workers=1, multiprocessing_context=context,
                         worker_init_fn=freeze_inherited_objects if freeze else None)
     return float(next(iter(loader)))
 

@@ -36,6 +36,18 @@ class PoolTiming:
         return statistics.median(a / b for a, b in zip(self.rounds[pool], self.rounds[other]))
 
 
+def same_weight_models(name: str, pools: Sequence[str] = POOL_KINDS, num_classes: int = 10,
+                       **kw: Any) -> dict[str, torch.nn.Module]:
+    """``name`` built once per pool kind, every copy holding the weights of the first (one seeded
+    init), so that the kinds differ in their pooling layers only."""
+    torch.manual_seed(0)
+    models = {pool: build_model(name, num_classes, pool=pool, **kw) for pool in pools}
+    state = models[pools[0]].state_dict()
+    for model in models.values():
+        model.load_state_dict(state)
+    return models
+
+
 def time_train_step(
     name: str,
     clip_size: tuple[int, int, int],
@@ -48,17 +60,15 @@ def time_train_step(
 ) -> PoolTiming:
     """Time ``loss.backward()`` through ``name`` on a random ``(batch, 3, T, H, W)`` clip per pool kind.
 
-    Every kind gets the same weights (one seeded init) and the same input. After one warm-up
+    Every kind gets the same weights (:func:`same_weight_models`) and the same input. After one warm-up
     step each, the kinds are timed in interleaved rounds (soft, max, avg, soft, ...), so a
     change in machine load hits all of them alike; the median step time is divided by ``batch``.
     """
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     clip = torch.randn(batch, 3, *clip_size, device=device).contiguous(memory_format=memory_format)
-    models = {pool: build_model(name, 10, pool=pool, **kw) for pool in pools}
-    state = models[pools[0]].state_dict()
+    models = same_weight_models(name, pools, **kw)
     for model in models.values():
-        model.load_state_dict(state)
         model.to(device=device, memory_format=memory_format).train()
 
     def step(model: torch.nn.Module) -> float:

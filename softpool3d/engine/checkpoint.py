@@ -87,7 +87,7 @@ def provenance() -> dict[str, Optional[str]]:
     """What produced a checkpoint: package version, git commit (or None), python, torch, CUDA (or None)."""
     return {
         "softpool3d": softpool3d.__version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit(_SOURCE_TREE),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,

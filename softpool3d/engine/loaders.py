@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from softpool3d.datasets import freeze_inherited_objects
+from softpool3d.datasets import freeze_inherited_objects, worker_context
 
 
 class EpochIndexed(Dataset):
@@ -35,7 +35,10 @@ class EpochIndexed(Dataset):
 def run_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device,
                drop_last: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
     """A DataLoader with persistent workers (when ``num_workers > 0``), memory pinned when
-    ``device`` is a GPU, and :func:`~softpool3d.datasets.freeze_inherited_objects` in each worker."""
+    ``device`` is a GPU, workers started by :func:`~softpool3d.datasets.worker_context` (a fork
+    server: forking a parent that PyAV made multi-threaded can deadlock) and
+    :func:`~softpool3d.datasets.freeze_inherited_objects` in each worker."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda", generator=generator, persistent_workers=num_workers > 0,
-                      worker_init_fn=freeze_inherited_objects)
+                      worker_init_fn=freeze_inherited_objects,
+                      multiprocessing_context=worker_context() if num_workers > 0 else None)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from softpool3d.datasets import Annotations, build_dataset, load_annotations
+from softpool3d.datasets import Annotations, build_dataset, load_annotations, worker_context
 from softpool3d.datasets import clip_dataset
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.sampling import random_clip, sample_generator
@@ -18,7 +18,8 @@ CLIP = dict(num_frames=4, sampling_rate=2, crop_size=32, train_scale=(32, 48))
 
 def _clips_by_index(dataset, num_workers: int, shuffle: bool = False) -> dict[int, torch.Tensor]:
     order = torch.Generator().manual_seed(123) if shuffle else None
-    loader = DataLoader(dataset, batch_size=3, num_workers=num_workers, shuffle=shuffle, generator=order)
+    loader = DataLoader(dataset, batch_size=3, num_workers=num_workers, shuffle=shuffle, generator=order,
+                        multiprocessing_context=worker_context() if num_workers else None)
     return {int(v): clip for clips, _, videos in loader for clip, v in zip(clips, videos)}
 
 
@@ -60,7 +61,8 @@ def test_replacement_of_an_unreadable_video_is_drawn_per_sample(demo_root, tmp_p
     clip, label, video = dataset[0]
     assert video != 0 and label == dataset.labels[video]
     for workers in (1, 2):
-        clips, labels, videos = next(iter(DataLoader(dataset, batch_size=2, num_workers=workers)))
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers, multiprocessing_context=worker_context())
+        clips, labels, videos = next(iter(loader))
         assert torch.equal(clips[0], clip) and (int(labels[0]), int(videos[0])) == (label, video)
     assert [str(corrupt)] == dataset.skipped_files()
 
@@ -90,7 +92,7 @@ def test_repeat_aug_decodes_once_and_returns_k_independent_clips(demo_root, monk
     assert not torch.equal(clips[0], clips[1]) and not torch.equal(clips[1], clips[2])
     positions = random_clip(16, 4, 2, sample_generator(5, 1, 4, 0))
     assert decodes[0] == positions  # the frames are drawn by repeat 0's generator (demo videos: 16 frames)
-    batch, labels, _ = next(iter(DataLoader(repeated, batch_size=2, num_workers=1)))
+    batch, labels, _ = next(iter(DataLoader(repeated, batch_size=2, num_workers=1, multiprocessing_context=worker_context())))
     assert batch.shape == (2, 3, 3, 4, 32, 32) and torch.equal(batch[1], repeated[1][0])
     with pytest.raises(ValueError, match="repeat_aug"):
         build_dataset("ucf101", demo_root, "test", train=False, repeat_aug=2, **CLIP)

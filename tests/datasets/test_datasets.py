@@ -19,6 +19,7 @@ from softpool3d.datasets import (
     load_annotations,
     read_frames,
     video_info,
+    worker_context,
     write_video,
 )
 from softpool3d.datasets.sampling import crop_offsets, random_clip, uniform_clips
@@ -224,7 +225,7 @@ def test_epoch_survives_corrupt_empty_and_missing_files(demo_root, tmp_path, cap
         dataset = build_dataset("ucf101", root, "test", train=True, **CLIP)
     assert "1 of 16 annotated videos are missing" in caplog.text
     (root / lines[3]).unlink()
-    loader = DataLoader(dataset, batch_size=4, num_workers=2)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=worker_context())
     seen = [video for _, _, videos in loader for video in videos.tolist()]
     assert len(seen) == dataset.num_videos == 15
     skipped = dataset.skipped_files()

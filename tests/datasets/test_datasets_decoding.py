@@ -14,7 +14,15 @@ import torch
 from decord._ffi.base import DECORDError
 from torch.utils.data import DataLoader
 
-from softpool3d.datasets import OpenVideo, VideoReadError, build_dataset, read_frames, video_info, write_video
+from softpool3d.datasets import (
+    OpenVideo,
+    VideoReadError,
+    build_dataset,
+    read_frames,
+    video_info,
+    worker_context,
+    write_video,
+)
 from softpool3d.datasets.sampling import uniform_clips
 
 CLIP = dict(num_frames=4, sampling_rate=2, crop_size=48, train_scale=(48, 56), test_scale=48)
@@ -115,7 +123,9 @@ def test_clips_load_after_pytorchvideo_sets_the_torch_bridge(demo_root, torch_br
     assert np.array_equal(read_frames(path, [0, 5, 15]).numpy(), _pyav_decode(path)[[0, 5, 15]])
     dataset = build_dataset("ucf101", demo_root, "test", train=False, **CLIP)
     for workers in (0, 1):
-        seen = [v for _, _, videos in DataLoader(dataset, batch_size=8, num_workers=workers) for v in videos.tolist()]
+        loader = DataLoader(dataset, batch_size=8, num_workers=workers,
+                            multiprocessing_context=worker_context() if workers else None)
+        seen = [v for _, _, videos in loader for v in videos.tolist()]
         assert seen == list(range(dataset.num_videos))
     assert dataset.skipped_files() == []
     assert decord.bridge._CURRENT_BRIDGE.type == "torch"

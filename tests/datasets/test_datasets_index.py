@@ -46,7 +46,9 @@ def test_clip_dataset_keeps_the_compact_storage(tmp_path):
 @pytest.mark.slow
 def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     """Kinetics layout with 300,000 training rows, of which the videos of 2% are on disk (creating
-    files is slow here; the rest are reported missing). Time and memory are printed, not asserted."""
+    files is slow here; the rest are reported missing). Time is printed, not asserted. Memory is
+    asserted: indexing grows the process by less than 100 MB (39 MB measured), where keeping one
+    ``Path`` per row, as the index once did, would add about 90 MB (BENCHMARKS.md)."""
     rows = 300_000
     on_disk = write_kinetics_layout(tmp_path, num_train=rows, num_val=0, missing_fraction=0.98)["train_files"]
     gc.collect()
@@ -65,23 +67,25 @@ def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     assert len(train.videos) == on_disk and train.missing == rows - on_disk and len(train.classes) == 700
     assert sum(1 for _ in open(tmp_path / "missing.txt")) == rows - on_disk
     assert list(again.videos[:100]) == list(train.videos[:100]) and again.labels == train.labels
-    assert growth < 150
+    assert growth < 100
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's smaps_rollup")
-def test_forked_workers_do_not_copy_the_index(tmp_path):
+def test_a_worker_holds_the_index_compactly(tmp_path):
+    """One DataLoader worker started as the engine starts them (``worker_context``'s fork server, the
+    dataset pickled into it, ``freeze_inherited_objects``): its Private_Dirty after gc.collect(). The
+    compact index of 300,000 rows adds about 12 MB; a list of Paths, what the index used to hold,
+    about 210 MB."""
     count = 300_000
     paths = [f"{tmp_path}/train/class {i % 700:03d}/{i:011d}_000000_000010.mp4" for i in range(count)]
     compact = ClipDataset(Annotations(PathList.from_paths(paths), np.arange(count) % 700, [str(i) for i in range(700)]),
                           train=True)
     gc.collect()
-    empty = worker_private_mb(None, freeze=False)
-    with_compact = worker_private_mb(compact, freeze=False)
-    frozen = worker_private_mb(compact, freeze=True)
-    as_paths = [Path(p) for p in paths]  # what the index used to hold
-    with_paths = worker_private_mb(as_paths, freeze=False)
+    empty = worker_private_mb(None, freeze=True, start_method="forkserver")
+    with_compact = worker_private_mb(compact, freeze=True, start_method="forkserver")
+    with_paths = worker_private_mb([Path(p) for p in paths], freeze=True, start_method="forkserver")
     print(f"\nworker private dirty after gc.collect(): no data {empty:.1f} MB, compact index {with_compact:.1f} MB, "
-          f"list of Paths {with_paths:.1f} MB, compact index with freeze_inherited_objects {frozen:.1f} MB")
-    assert with_compact - empty < 10 < with_paths - empty
-    assert frozen < 40
+          f"list of Paths {with_paths:.1f} MB")
+    assert with_compact - empty < 25 < with_paths - empty
+    assert with_compact < 40

@@ -4,6 +4,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import softpool3d
-from softpool3d.engine import cli
+from softpool3d.engine import checkpoint, cli
 from softpool3d.engine.checkpoint import (
     CheckpointError,
     Progress,
@@ -98,14 +99,29 @@ def test_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path, umask, mask):
     assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tmp_path):
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command as the reference")
+def test_checkpoint_records_package_python_torch_cuda_versions_and_git_commit(tmp_path, monkeypatch):
+    """The versions, and the commit of the package's source tree: HEAD in a git checkout, None in a
+    copy without ``.git``; then the same for a fresh repository standing in as the source tree."""
     meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "last.pt"))["meta"]
     assert meta["softpool3d"] == softpool3d.__version__
+    assert meta["python"] == "{}.{}.{}".format(*sys.version_info[:3])
     assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
-    if shutil.which("git") and (softpool3d.engine.checkpoint._SOURCE_TREE / ".git").exists():
-        head = subprocess.run(["git", "-C", str(softpool3d.engine.checkpoint._SOURCE_TREE), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        assert meta["git_commit"] == head
+    tree = checkpoint._SOURCE_TREE
+    assert meta["git_commit"] == (_git("rev-parse", "HEAD", cwd=tree) if (tree / ".git").exists() else None)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git("init", "-q", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "one", cwd=repo)
+    monkeypatch.setattr(checkpoint, "_SOURCE_TREE", repo)
+    meta = load_checkpoint(save_checkpoint(_state(), tmp_path / "repo.pt"))["meta"]
+    assert meta["git_commit"] == _git("rev-parse", "HEAD", cwd=repo)
+    monkeypatch.setattr(checkpoint, "_SOURCE_TREE", tmp_path)
+    assert load_checkpoint(save_checkpoint(_state(), tmp_path / "none.pt"))["meta"]["git_commit"] is None
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command as the reference")

@@ -148,7 +148,8 @@ def bad_root(demo_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bad_run(bad_root, tmp_path_factory):
-    """Training with validation on the test list (2 of 16 videos bad), then its test; logs kept."""
+    """Training with validation on the test list (2 of 16 videos bad), then its test; logs kept. The CPU
+    probe says "no native bf16" on every machine, so ``train.amp=auto`` trains in float32."""
     root, _ = bad_root
     output = tmp_path_factory.mktemp("badrun")
     handler, logger = _Records(), logging.getLogger()
@@ -156,8 +157,10 @@ def bad_run(bad_root, tmp_path_factory):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
-                                   "train.amp=auto"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(builders, "cpu_has_native_bf16", lambda: False)
+            code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
+                                       "train.amp=auto"))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -200,21 +203,37 @@ def test_start_up_summary_comes_before_the_first_step(bad_run):
     assert "val (split 'test', the test split" in lines[2] and "16 videos, 8 classes" in lines[2]
     assert "test (split 'test'): 16 videos, 8 classes" in lines[3]
     assert "model r3d_18 width 4, pool soft" in lines[4] and "M params" in lines[4] and "GMACs per clip 4x32x32" in lines[4]
-    if not builders.cpu_has_native_bf16():  # this AVX2-only kind of machine: amp=auto trains in float32, and says so
-        assert "device cpu, precision float32 (train.amp=auto: float32, since this CPU has no native bf16" in lines[5]
+    assert "device cpu, precision float32 (train.amp=auto: float32, since this CPU has no native bf16" in lines[5]
     assert "world size 1, data.num_workers 2" in lines[6]
     assert "1 epochs x 2 steps of 4 videos" in lines[7]
 
 
-@pytest.mark.skipif(builders.cpu_has_native_bf16(), reason="this CPU computes bf16 natively")
-def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(demo_root, tmp_path, caplog):
+def _summary_and_bf16_warnings(caplog):
+    """The device/precision line of the start-up summary, and every warning that names bf16."""
+    summary = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("run run:"))
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno == logging.WARNING and "bf16" in record.getMessage()]
+    return summary.splitlines()[5], warnings
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(demo_root, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.INFO):
         assert cli.train_main(tiny(demo_root, tmp_path, "run", "train.amp=bf16", "train.limit_steps_per_epoch=1",
                                    "train.val_every=100", "train.test_after_train=false")) == 0
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING
-                and "bf16" in record.getMessage()]
+    line, warnings = _summary_and_bf16_warnings(caplog)
     assert len(warnings) == 1 and "20-40x slower than float32" in warnings[0]
-    assert "precision bf16 (train.amp=bf16)" in caplog.text
+    assert "device cpu, precision bf16 (train.amp=bf16)" in line
+
+
+def test_amp_auto_on_a_cpu_with_native_bf16_trains_in_bf16_without_a_warning(demo_root, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level(logging.INFO):
+        assert cli.train_main(tiny(demo_root, tmp_path, "run", "train.amp=auto", "train.limit_steps_per_epoch=1",
+                                   "train.val_every=100", "train.test_after_train=false")) == 0
+    line, warnings = _summary_and_bf16_warnings(caplog)
+    assert warnings == []
+    assert "device cpu, precision bf16 (train.amp=auto: this CPU has native bf16 (AMX or AVX512-BF16))" in line
 
 
 def test_test_py_on_bad_videos_names_them_and_covers_the_rest(bad_root, bad_run, caplog):

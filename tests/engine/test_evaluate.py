@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from softpool3d.datasets import build_dataset
+from softpool3d.datasets import build_dataset, worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler
 from softpool3d.engine.evaluate import UnreadableVideosError, evaluate, write_predictions
@@ -133,7 +133,7 @@ def test_clip_dataset_test_views_of_a_bad_video_collate_as_unreadable(demo_root,
     (root / lines[1]).write_bytes(b"")
     dataset = build_dataset("ucf101", root, "test", train=False, num_frames=4, crop_size=32, test_scale=32,
                             num_clips=2, num_crops=3)
-    batches = list(DataLoader(dataset, batch_size=8, num_workers=2))
+    batches = list(DataLoader(dataset, batch_size=8, num_workers=2, multiprocessing_context=worker_context()))
     labels = torch.cat([labels for _, labels, _ in batches])
     videos = torch.cat([videos for _, _, videos in batches])
     assert torch.equal(videos[labels == UNREADABLE], torch.full((6,), 1))

@@ -8,10 +8,12 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_engine_distributed import TOOLS, _run, _small
 
 from softpool3d.datasets import load_annotations
+from softpool3d.engine import builders
 from softpool3d.engine.config import load_config
 from softpool3d.engine.train import flatten_repeats, train
 
@@ -104,8 +106,35 @@ def test_flatten_repeats_keeps_each_videos_clips_with_its_label():
 
 
 @pytest.mark.slow
-def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path):
+def test_repeat_aug_epoch_sees_each_video_once_with_k_clips_per_video(demo_root, tmp_path, monkeypatch):
+    """What the model (in training) and the loss receive: each step ``batch_size x k`` clips, video by
+    video (its k clips differ), each labelled with its video's label; over the epoch each video's label once."""
     cfg = load_config(None, [*_small(demo_root, tmp_path, "k2"), "train.epochs=1", "data.repeat_aug=2"])
-    videos = len(load_annotations("ucf101", demo_root, "train").videos)  # the train list minus the carved val
+    annotations = load_annotations("ucf101", demo_root, "train")  # the train list minus the carved val
+    inputs, targets = [], []
+    build_model = builders.build_model
+
+    def recording_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()) if module.training else None)
+        return model
+
+    cross_entropy = F.cross_entropy
+
+    def recording_cross_entropy(logits, labels, *args, **kwargs):
+        targets.append(labels.clone())
+        return cross_entropy(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(builders, "build_model", recording_model)
+    monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     result = train(cfg)
-    assert result.step == videos // 4  # batch 4: steps per epoch unchanged by repeat_aug
+    steps = len(annotations.videos) // 4  # batch 4: steps per epoch unchanged by repeat_aug
+    assert result.step == steps and len(inputs) == len(targets) == steps
+    for clips, labels in zip(inputs, targets):
+        assert clips.shape == (4 * 2, 3, 4, 32, 32) and labels.shape == (4 * 2,)
+        assert torch.equal(labels[0::2], labels[1::2])  # each video's two clips carry its label
+    pairs = torch.cat(inputs).unflatten(0, (-1, 2))  # (videos, 2 clips, C, T, H, W)
+    differ = [not torch.equal(a, b) for a, b in pairs]
+    assert sum(differ) > len(differ) / 2  # two clips per video, not one twice (a random crop may repeat)
+    seen = torch.cat(targets)[0::2]
+    assert sorted(seen.tolist()) == sorted(int(label) for label in annotations.labels)

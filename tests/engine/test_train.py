@@ -302,7 +302,7 @@ def _hold_lock(run_dir, ready):
 def lock_holder(tmp_path):
     """Another process holding the lock of ``tmp_path / "run"``; SIGKILLed at the end."""
     (tmp_path / "run").mkdir()
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")  # never a fork of this multi-threaded process
     ready = context.Event()
     holder = context.Process(target=_hold_lock, args=(tmp_path / "run", ready), daemon=True)
     holder.start()
@@ -359,7 +359,7 @@ def _claim_in_child(run_dir, errors):
 
 def test_read_only_output_dir_fails_with_the_directory_named(tmp_path):
     (tmp_path / "read_only").mkdir(mode=0o555)
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")  # never a fork of this multi-threaded process
     errors = context.Queue()
     child = context.Process(target=_claim_in_child, args=(tmp_path / "read_only" / "run", errors))
     child.start()

@@ -2,10 +2,13 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
 
-from softpool3d.benchmarks.models import time_train_step
+from softpool3d import SoftPool3d
+from softpool3d.benchmarks.models import same_weight_models, time_train_step
 from softpool3d.models import build_model, freeze_stages, list_models, load_pretrained, model_info
 from softpool3d.models.complexity import count_complexity
+from softpool3d.models.pooling import POOL_KINDS, GlobalPool3d
 from softpool3d.models.weights import FrozenBatchNorm3d
 
 NAMES = [
@@ -132,9 +135,38 @@ def test_params_and_macs_match_published_figures(name):
     assert result.macs / 1e9 == pytest.approx(info.gmacs, rel=0.01)
 
 
-def test_benchmark_times_every_pool_kind_on_the_same_model():
+def _pool_kind(module):
+    """The kind of ``module`` if it is a pooling layer (switched by ``pool`` or not), else None."""
+    if isinstance(module, GlobalPool3d):
+        return module.pool
+    if isinstance(module, SoftPool3d):
+        return "soft"
+    if isinstance(module, (nn.MaxPool3d, nn.AdaptiveMaxPool3d)):
+        return "max"
+    if isinstance(module, (nn.AvgPool3d, nn.AdaptiveAvgPool3d)):
+        return "avg"
+    return None
+
+
+@pytest.mark.parametrize("name, kw", [("r3d_18", {"width": 8, "stem_pool": True}), ("x3d_xs", {}),
+                                      ("srtg_r3d_34", {"width": 8})])
+def test_speed_benchmark_compares_pool_kinds_on_the_same_weights(name, kw):
+    """The speed benchmark's models (one per pool kind) hold equal tensors under equal names, have
+    the same modules, and differ in their pooling layers only."""
+    models = same_weight_models(name, POOL_KINDS, **kw)
+    assert list(models) == list(POOL_KINDS)
+    reference = models["soft"].state_dict()
+    structure = [(path, "pool" if _pool_kind(module) else type(module)) for path, module in models["soft"].named_modules()]
+    for pool, model in models.items():
+        layers = [(path, _pool_kind(module) or type(module)) for path, module in model.named_modules()]
+        assert {kind for _, kind in layers if isinstance(kind, str)} == {pool}
+        assert [(path, "pool" if isinstance(kind, str) else kind) for path, kind in layers] == structure
+        state = model.state_dict()
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[key], reference[key]) for key in reference), pool
+
+
+def test_speed_benchmark_runs_one_round_per_repeat_for_every_pool_kind():
+    """A smoke run of the speed benchmark; its timings are reported by the benchmark, not checked here."""
     timing = time_train_step("r3d_18", (2, 32, 32), batch=2, repeats=2, width=4)
-    assert set(timing.seconds) == {"soft", "max", "avg"}
-    assert all(seconds > 0 for seconds in timing.seconds.values())
-    assert all(len(rounds) == 2 for rounds in timing.rounds.values())
-    assert timing.ratio("soft", "soft") == 1.0
+    assert {pool: len(rounds) for pool, rounds in timing.rounds.items()} == {pool: 2 for pool in POOL_KINDS}

@@ -3,6 +3,7 @@ independently of the package: explicit loops over windows of ``exp(x) * x / sum 
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 
 import pytest
@@ -162,7 +163,8 @@ def test_extreme_inputs_give_finite_values_and_grads(dtype, magnitude):
 @pytest.mark.parametrize("dtype,spike", [(torch.float32, 200.0), (torch.float64, 650.0)])
 @pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode", [CASES[1], CASES[2], CASES[6]], ids=["k3s2", "k3s1", "k4s1"])
 def test_overlapping_windows_far_below_a_spike_equal_formula(shape, kernel, stride, padding, ceil_mode, dtype, spike):
-    """Windows whose values lie far below the largest value of their plane stay exact."""
+    """Windows whose values lie far below the largest value of their plane stay exact: the same
+    tolerances as without a spike (measured: float32 values 5e-7, gradients 5e-6 off)."""
     x = sample(shape, dtype)
     x[:, :, 0, 0, 0] = spike
     x[0, 0, -1, -1, -1] = -spike
@@ -171,11 +173,11 @@ def test_overlapping_windows_far_below_a_spike_equal_formula(shape, kernel, stri
     x64 = x.detach().double().requires_grad_()
     ref = formula(x64, kernel, stride, padding, ceil_mode)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * spike)
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
     g = sample(y.shape, torch.float64, seed=1)
     (dx,) = torch.autograd.grad(y, x, g.to(dtype))
     (dref,) = torch.autograd.grad(ref, x64, g)
-    torch.testing.assert_close(dx.double(), dref, rtol=tol, atol=tol * spike)
+    torch.testing.assert_close(dx.double(), dref, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dims", [1, 2])
@@ -187,12 +189,15 @@ def test_1d_2d_and_unbatched_follow_avg_pool(dims, batched):
     avg = {1: F.avg_pool1d, 2: F.avg_pool2d}[dims]
     y = pool(x, 3, 2, 1, True)
     assert y.shape == avg(x, 3, 2, 1, True).shape
-    x5 = x.detach().reshape((1,) * (not batched) + x.shape[: x.dim() - dims] + (1,) * (3 - dims) + x.shape[-dims:])
+    x64 = x.detach().double().requires_grad_()
+    x5 = x64.reshape((1,) * (not batched) + x.shape[: x.dim() - dims] + (1,) * (3 - dims) + x.shape[-dims:])
     pad = (1,) * (3 - dims)
-    ref = formula(x5, pad + (3,) * dims, pad + (2,) * dims, (0,) * (3 - dims) + (1,) * dims, True)
-    torch.testing.assert_close(y.double(), ref.reshape(y.shape), rtol=1e-5, atol=1e-5)
-    y.sum().backward()
-    assert x.grad.shape == x.shape
+    ref = formula(x5, pad + (3,) * dims, pad + (2,) * dims, (0,) * (3 - dims) + (1,) * dims, True).reshape(y.shape)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    g = sample(y.shape, torch.float64, seed=1)
+    (dx,) = torch.autograd.grad(y, x, g.float())
+    (dref,) = torch.autograd.grad(ref, x64, g)
+    torch.testing.assert_close(dx.double(), dref, rtol=1e-5, atol=1e-5)
 
 
 def test_unbatched_3d_equals_batched():
@@ -256,8 +261,12 @@ def test_fallback_warns_once_and_matches_formula(monkeypatch):
     extension.load.cache_clear()
     try:
         x = sample((1, 2, 5, 7, 6), torch.float64).requires_grad_()
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*pure-PyTorch"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every warning recorded, however often it repeats
             y = softpool3d.soft_pool3d(x, 3, 2, 1, True)
+            torch.testing.assert_close(softpool3d.soft_pool3d(x, 3, 2, 1, True), y)
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(messages) == 1 and re.search(r"no C\+\+ compiler found.*pure-PyTorch", messages[0]), messages
         x64 = x.detach().requires_grad_()
         ref = formula(x64, (3,) * 3, (2,) * 3, (1,) * 3, True)
         torch.testing.assert_close(y, ref)

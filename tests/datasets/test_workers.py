@@ -1,0 +1,83 @@
+"""Worker processes (datasets/workers.py): started by ``worker_context``, a worker does not inherit
+the parent's PyAV state, whose scaler threads' locks deadlock a forked child (av 18 and av 19);
+with ``freeze_inherited_objects`` it ends with a main process killed outright."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from softpool3d.datasets import worker_context
+
+# The frame the parent converted; a forked child inherits it, a worker of worker_context imports this
+# module afresh and gets None.
+_parent_frame = None
+
+
+def _convert_at_another_size() -> None:
+    frame = _parent_frame or av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), dtype=np.uint8), format="rgb24")
+    frame.reformat(32, 24, format="yuv420p")
+
+
+def test_a_worker_converts_frames_after_the_parent_did(monkeypatch):
+    """The parent converts a frame first (as writing or decoding a video with PyAV does), which
+    gives the scaler a pool of slice threads. A forked child converting at another size then waits
+    forever on a lock of those threads (av 19 for any frame, av 18 for one the parent used); a
+    worker of ``worker_context`` finishes."""
+    frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), dtype=np.uint8), format="rgb24")
+    frame.reformat(64, 48, format="yuv420p")
+    monkeypatch.setattr(f"{__name__}._parent_frame", frame)
+    worker = worker_context().Process(target=_convert_at_another_size)
+    worker.start()
+    worker.join(timeout=60)
+    hung = worker.is_alive()
+    if hung:
+        worker.kill()
+        worker.join()
+    assert not hung and worker.exitcode == 0, f"the worker {'hung' if hung else f'exited {worker.exitcode}'}"
+
+
+_KILLED_MAIN = """
+import os, signal, sys
+import torch
+from torch.utils.data import DataLoader, Dataset
+from softpool3d.datasets import freeze_inherited_objects, worker_context
+
+class Pids(Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return os.getpid()
+
+if __name__ == "__main__":
+    loader = DataLoader(Pids(), batch_size=None, num_workers=1, multiprocessing_context=worker_context(),
+                        worker_init_fn=freeze_inherited_objects)
+    batches = iter(loader)
+    print(next(batches), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_workers_end_with_a_main_process_killed_outright(tmp_path):
+    """A DataLoader worker's parent is the fork server; when the main process is SIGKILLed the
+    server, then the worker (DataLoader's watchdog checks every 5 s), must end instead of running on."""
+    script, out = tmp_path / "main.py", tmp_path / "out.txt"
+    script.write_text(_KILLED_MAIN)
+    with out.open("w") as handle:
+        done = subprocess.run([sys.executable, str(script)], stdout=handle, timeout=300)
+    assert done.returncode == -signal.SIGKILL
+    worker = int(out.read_text())
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text()
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, f"worker {worker} outlived its main process by 60 s"
