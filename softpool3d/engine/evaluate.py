@@ -82,6 +82,14 @@ def _video_name(dataset: Dataset, index: int) -> str:
     return str(videos[index]) if videos is not None else f"video {index}"
 
 
+def forward_views(model: nn.Module, clips: torch.Tensor, device: torch.device, amp: str) -> torch.Tensor:
+    """A loader batch of views ``(N, C, T, H, W)`` -> ``model``'s logits ``(N, K)``: the clips moved to
+    ``device`` and run under ``amp`` autocast. The one place evaluation, testing and prediction turn
+    a batch into logits."""
+    with builders.autocast(device, amp):
+        return model(clips.to(device, non_blocking=True))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -122,8 +130,7 @@ def evaluate(
             clips, targets, video_index = clips[readable], targets[readable], video_index[readable]
             if not len(targets):
                 continue
-        with builders.autocast(dist_info.device, amp):
-            logits = model(clips.to(dist_info.device, non_blocking=True))
+        logits = forward_views(model, clips, dist_info.device, amp)
         probabilities = logits.float().softmax(dim=1).double().cpu()
         sums.index_add_(0, video_index, probabilities)
         views.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
