@@ -6,7 +6,8 @@ arguments, with the same defaults, as ``F.avg_pool{1,2,3}d``; the output shape e
 
 All of them run the ``softpool3d::soft_pool3d_forward``/``_backward`` custom ops on a 5-D view
 of the input (1-D, 2-D and unbatched inputs are reshaped), so ``torch.compile(fullgraph=True)``
-traces them. The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
+traces them (inside :func:`softpool3d.exportable.set_exportable` they compute in plain ops
+instead, for export). The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
 see :mod:`softpool3d.extension`), or, when it cannot be built, :func:`soft_pool_reference` and
 :func:`soft_pool_reference_backward`. Backward needs only the saved input and output.
 """
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softpool3d import extension
+from softpool3d import exportable, extension
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -231,7 +232,12 @@ def _soft_pool(
     x5 = x.unsqueeze(0) if unbatched else x
     for _ in range(3 - dims):
         x5 = x5.unsqueeze(2)
-    y = _forward_op(x5, list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad), ceil_mode)
+    kernel5, stride5, pad5 = list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad)
+    if exportable.is_exportable():
+        outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x5.shape[2:], kernel5, stride5, pad5)]
+        y = exportable.soft_pool_plain(x5, kernel5, stride5, pad5, outs)
+    else:
+        y = _forward_op(x5, kernel5, stride5, pad5, ceil_mode)
     for _ in range(3 - dims):
         y = y.squeeze(2)
     return y.squeeze(0) if unbatched else y
