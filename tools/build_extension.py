@@ -10,16 +10,16 @@ import argparse
 import logging
 import sys
 
-import torch
-
-from softpool3d import extension
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-only", action="store_true", help="build without the CUDA kernel")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    from softpool3d import extension
+
     with_cuda = torch.cuda.is_available() and not args.cpu_only
     module = extension.build(with_cuda, verbose=True)
     logging.info("built %s (%s)", module.__file__, "CPU + CUDA" if with_cuda else "CPU")

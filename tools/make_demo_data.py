@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from softpool3d.datasets import make_demo_dataset
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from softpool3d.datasets import make_demo_dataset
+
     make_demo_dataset(args.root, seed=args.seed, videos_per_class=args.videos_per_class,
                       test_per_class=args.test_per_class, num_frames=args.frames, size=args.size)
     return 0
