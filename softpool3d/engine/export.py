@@ -98,24 +98,29 @@ def _quiet_exporter() -> Iterator[None]:
             each.setLevel(level)
 
 
-def export_onnx(recognizer: Recognizer, path: Path) -> Path:
-    """Write ``recognizer``'s model as ONNX (opset 18, standard ops, input ``clips (N, C, T, H, W)``,
-    output ``logits (N, K)``, dynamic ``N``) with :func:`metadata`, atomically."""
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, props: dict[str, str]) -> Path:
+    """Write ``model`` (in eval mode) as ONNX (opset 18, standard ops, input ``clips (N, C, T, H, W)``
+    traced at ``example``, output ``logits (N, K)``, dynamic ``N``) with ``metadata_props`` ``props``, atomically."""
     import onnx
 
-    model = recognizer.model.float().eval()
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         temporary = Path(folder) / path.name
         with torch.no_grad(), set_exportable(), _quiet_exporter():
-            torch.onnx.export(model, (example_clips(recognizer, 2).to(recognizer.device),), str(temporary),
-                              input_names=["clips"], output_names=["logits"], dynamic_shapes=_dynamic_batch(),
-                              opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(model, (example,), str(temporary), input_names=["clips"], output_names=["logits"],
+                              dynamic_shapes=_dynamic_batch(), opset_version=ONNX_OPSET, dynamo=True,
+                              external_data=False, verbose=False)
         proto = onnx.load(str(temporary))
-        onnx.helper.set_model_props(proto, metadata(recognizer))
+        onnx.helper.set_model_props(proto, props)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(temporary))
         os.replace(temporary, path)
     return path
+
+
+def export_onnx(recognizer: Recognizer, path: Path) -> Path:
+    """:func:`write_onnx` of ``recognizer``'s model, traced at a batch of 2, with :func:`metadata`."""
+    example = example_clips(recognizer, 2).to(recognizer.device)
+    return write_onnx(recognizer.model.float().eval(), example, path, metadata(recognizer))
 
 
 def custom_domains(path: Path) -> set[str]:
