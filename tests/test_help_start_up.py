@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # one Python subprocess per command line
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = sorted(path.name for path in (ROOT / "tools").glob("*.py"))
 # These parse their arguments in benchmark modules that import torch at the top; those modules are
