@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -191,7 +192,7 @@ def default_device() -> torch.device:
 class Recognizer:
     """A trained model ready for new videos: ``Recognizer.from_checkpoint(path).predict("video.mp4")``."""
 
-    def __init__(self, model: nn.Module, cfg, classes: Sequence[str], device: torch.device,
+    def __init__(self, model: nn.Module, cfg: DictConfig, classes: Sequence[str], device: torch.device,
                  checkpoint: str = "") -> None:
         self.model = model.eval().to(device)
         self.cfg = cfg
@@ -275,7 +276,7 @@ class Recognizer:
         sums = torch.zeros(len(units), len(self.classes), dtype=torch.float64)
         counts = torch.zeros(len(units), dtype=torch.float64)
         feature_sums: Optional[torch.Tensor] = None
-        with torch.no_grad(), self._classifier_inputs() as captured:
+        with torch.no_grad(), _Capture(self.model.get_classifier()) as captured:
             bar = tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
             for batch, unit, errors in bar:
                 good = torch.tensor([not error for error in errors], dtype=torch.bool)
@@ -350,13 +351,10 @@ class Recognizer:
             elif features is not None:
                 result.features = features[0]
 
-    def _classifier_inputs(self):
-        """A context in which every forward pass appends the classifier's input ``(N, D, ...)`` to a list."""
-        return _Capture(self.model.get_classifier())
-
 
 class _Capture:
-    """Context manager: a forward pre-hook on ``module`` collecting its first input into a list."""
+    """A context in which every call of ``module`` appends its first input (the classifier's: ``(N, D)``,
+    or ``(N, 1, 1, 1, D)`` for X3D) to the list it yields."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module, self.inputs = module, []
