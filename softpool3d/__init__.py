@@ -9,7 +9,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["SoftPool1d", "SoftPool2d", "SoftPool3d", "soft_pool1d", "soft_pool2d", "soft_pool3d"]
+__all__ = [
+    "SoftAdaptivePool1d",
+    "SoftAdaptivePool2d",
+    "SoftAdaptivePool3d",
+    "SoftPool1d",
+    "SoftPool2d",
+    "SoftPool3d",
+    "soft_adaptive_pool1d",
+    "soft_adaptive_pool2d",
+    "soft_adaptive_pool3d",
+    "soft_pool1d",
+    "soft_pool2d",
+    "soft_pool3d",
+]
 __version__ = "0.1.0"
 
 

@@ -2,7 +2,8 @@
 
 Inside :func:`set_exportable` every ``soft_pool1d/2d/3d`` call (and so every ``SoftPool*`` module
 and every SoftPool ``GlobalPool3d``) computes with :func:`soft_pool_plain` instead of the
-``softpool3d::soft_pool3d_forward`` custom op; training and ordinary inference never see it
+``softpool3d::soft_pool3d_forward`` custom op, and every ``soft_adaptive_pool1d/2d/3d`` call with
+:func:`soft_adaptive_pool_plain`; training and ordinary inference never see it
 (timm's ``set_layer_config(exportable=True)`` is the model).
 
 :func:`soft_pool_plain` computes the op's function as stably as the kernel: each window is
@@ -79,6 +80,12 @@ def soft_pool_plain(
         values = _windows_along(values, axis, k, st, out)
         if valid is not None:
             valid = _windows_along(valid, axis, k, st, out)
+    return _soft_reduce(values, valid).to(x.dtype)
+
+
+def _soft_reduce(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """SoftPool of windows laid out ``(N, C, T', kT, H', kH, W', kW)`` (``valid``: which are real
+    positions, broadcastable, or None when all are) -> ``(N, C, T', H', W')``, each window shifted by its maximum."""
     window_dims = (3, 5, 7)
     if valid is None:
         peak = values.amax(dim=window_dims, keepdim=True)
@@ -86,5 +93,28 @@ def soft_pool_plain(
     else:
         peak = values.masked_fill(~valid, float("-inf")).amax(dim=window_dims, keepdim=True)
         weights = torch.exp(values - peak).masked_fill(~valid, 0.0)
-    pooled = (weights * values).sum(dim=window_dims) / weights.sum(dim=window_dims)
-    return pooled.to(x.dtype)
+    return (weights * values).sum(dim=window_dims) / weights.sum(dim=window_dims)
+
+
+def soft_adaptive_pool_plain(x: torch.Tensor, windows: Sequence[Sequence[tuple[int, int]]]) -> torch.Tensor:
+    """Adaptive SoftPool of ``x (N, C, T, H, W)`` in standard ops: ``windows[d]`` lists the ``[start, end)``
+    of each output's window along spatial dimension ``d`` (:func:`softpool3d.ops.adaptive_windows`).
+
+    Each dimension gathers its windows padded to the longest one (index_select, a constant index);
+    the repeated tail positions are masked out, and every window is shifted by its own maximum."""
+    compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    values, masks, ragged = compute, [], False
+    for d, bounds in enumerate(windows):
+        longest = max(end - start for start, end in bounds)
+        ragged = ragged or any(end - start < longest for start, end in bounds)
+        index = torch.tensor([[min(start + k, end - 1) for k in range(longest)] for start, end in bounds],
+                             device=x.device)
+        masks.append(torch.tensor([[start + k < end for k in range(longest)] for start, end in bounds],
+                                  device=x.device))
+        axis = 2 + 2 * d
+        values = values.index_select(axis, index.flatten()).unflatten(axis, (len(bounds), longest))
+    valid = None
+    if ragged:
+        valid = (masks[0][:, :, None, None, None, None] & masks[1][None, None, :, :, None, None]
+                 & masks[2][None, None, None, None, :, :])[None, None]
+    return _soft_reduce(values, valid).to(x.dtype)

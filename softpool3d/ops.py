@@ -2,7 +2,9 @@
 
 Functional forms ``soft_pool1d/2d/3d`` and modules ``SoftPool1d/2d/3d`` take the same
 arguments, with the same defaults, as ``F.avg_pool{1,2,3}d``; the output shape equals
-``avg_pool``'s, and padded positions take no part in a window.
+``avg_pool``'s, and padded positions take no part in a window. ``soft_adaptive_pool1d/2d/3d``
+and ``SoftAdaptivePool1d/2d/3d`` take ``output_size`` as ``F.adaptive_avg_pool{1,2,3}d`` and pool
+exactly its windows (``softpool3d::soft_adaptive_pool3d_forward``/``_backward``, the same kernels).
 
 All of them run the ``softpool3d::soft_pool3d_forward``/``_backward`` custom ops on a 5-D view
 of the input (1-D, 2-D and unbatched inputs are reshaped), so ``torch.compile(fullgraph=True)``
@@ -46,6 +48,25 @@ def pooled_size(length: int, kernel: int, stride: int, padding: int, ceil_mode: 
     return out
 
 
+def _check_input(x: torch.Tensor, dims: int, name: str) -> None:
+    """``x`` is a floating ``(N, C, *spatial)`` or ``(C, *spatial)`` tensor with ``dims`` spatial
+    dimensions, whose non-batch dimensions are not empty (as ``avg_pool``'s)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"input dtype must be one of float16, bfloat16, float32, float64, got {x.dtype}")
+    if x.dim() not in (dims + 1, dims + 2):
+        raise ValueError(
+            f"{name} expects a {dims + 2}-D (batched) or {dims + 1}-D (unbatched) input, "
+            f"got input of shape {tuple(x.shape)}"
+        )
+    if any(size == 0 for size in x.shape[x.dim() - dims - 1:]):
+        raise ValueError(
+            f"{name} expects non-batch dimensions of positive length (as avg_pool{dims}d), "
+            f"got input of shape {tuple(x.shape)}"
+        )
+
+
 def check_pool_args(
     x: torch.Tensor,
     dims: int,
@@ -54,15 +75,7 @@ def check_pool_args(
     padding: IntOrTuple,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """Validate a ``soft_pool{dims}d`` call; return ``(kernel, stride, padding)`` tuples."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"input dtype must be one of float16, bfloat16, float32, float64, got {x.dtype}")
-    if x.dim() not in (dims + 1, dims + 2):
-        raise ValueError(
-            f"soft_pool{dims}d expects a {dims + 2}-D (batched) or {dims + 1}-D (unbatched) input, "
-            f"got input of shape {tuple(x.shape)}"
-        )
+    _check_input(x, dims, f"soft_pool{dims}d")
     kernel = _ntuple(kernel_size, dims, "kernel_size")
     stride_ = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _ntuple(stride, dims, "stride")
     pad = _ntuple(padding, dims, "padding")
@@ -218,6 +231,21 @@ def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _as_5d(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """``x`` (``(N, C, *spatial)`` or ``(C, *spatial)``, ``dims`` spatial dimensions) as ``(N, C, T, H, W)``."""
+    x5 = x.unsqueeze(0) if x.dim() == dims + 1 else x
+    for _ in range(3 - dims):
+        x5 = x5.unsqueeze(2)
+    return x5
+
+
+def _from_5d(y: torch.Tensor, dims: int, unbatched: bool) -> torch.Tensor:
+    """The inverse of :func:`_as_5d` on a pooled output."""
+    for _ in range(3 - dims):
+        y = y.squeeze(2)
+    return y.squeeze(0) if unbatched else y
+
+
 def _soft_pool(
     x: torch.Tensor,
     dims: int,
@@ -228,19 +256,14 @@ def _soft_pool(
 ) -> torch.Tensor:
     kernel, stride_, pad = check_pool_args(x, dims, kernel_size, stride, padding)
     lead = (1,) * (3 - dims)
-    unbatched = x.dim() == dims + 1
-    x5 = x.unsqueeze(0) if unbatched else x
-    for _ in range(3 - dims):
-        x5 = x5.unsqueeze(2)
+    x5 = _as_5d(x, dims)
     kernel5, stride5, pad5 = list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad)
     if exportable.is_exportable():
         outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x5.shape[2:], kernel5, stride5, pad5)]
         y = exportable.soft_pool_plain(x5, kernel5, stride5, pad5, outs)
     else:
         y = _forward_op(x5, kernel5, stride5, pad5, ceil_mode)
-    for _ in range(3 - dims):
-        y = y.squeeze(2)
-    return y.squeeze(0) if unbatched else y
+    return _from_5d(y, dims, x.dim() == dims + 1)
 
 
 def soft_pool1d(
@@ -297,5 +320,192 @@ class SoftPool2d(_SoftPoolNd):
 
 class SoftPool3d(_SoftPoolNd):
     """Module form of :func:`soft_pool3d`: ``(N, C, T, H, W) -> (N, C, T_out, H_out, W_out)``."""
+
+    dims = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive SoftPool: the windows of F.adaptive_avg_pool{1,2,3}d, window o of a dimension of
+# length L pooled to `out` outputs covering [floor(o L / out), ceil((o + 1) L / out)).
+# ---------------------------------------------------------------------------------------------
+
+AdaptiveSize = Union[int, None, Sequence[Union[int, None]]]
+
+
+def adaptive_windows(length: int, out: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each of the ``out`` windows of ``adaptive_avg_pool`` over ``length``."""
+    return [(o * length // out, -(-(o + 1) * length // out)) for o in range(out)]
+
+
+def check_adaptive_args(x: torch.Tensor, dims: int, output_size: AdaptiveSize) -> tuple[int, ...]:
+    """Validate a ``soft_adaptive_pool{dims}d`` call; return the output size, ``None`` entries
+    replaced by the input's size as in ``nn.AdaptiveAvgPool{dims}d``."""
+    _check_input(x, dims, f"soft_adaptive_pool{dims}d")
+    sizes = tuple(x.shape[-dims:])
+    if output_size is None or isinstance(output_size, int):
+        values = (output_size,) * dims
+    elif isinstance(output_size, Sequence):
+        values = tuple(output_size)
+    else:
+        values = ()
+    if len(values) != dims or not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+        raise ValueError(f"output_size must be an int, None or a sequence of {dims} ints or None, got {output_size!r}")
+    out = tuple(size if v is None else v for v, size in zip(values, sizes))
+    if any(v <= 0 for v in out):
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return out
+
+
+def _adaptive_gather(x: torch.Tensor, output_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Windows ``(N, C, T_out, H_out, W_out, M)`` of a 5-D ``x`` (padded to the longest window,
+    M its volume), their mask of real positions, and per dimension the ``(out, longest)`` input
+    index of each window position (clamped into the window)."""
+    values, masks, indices = x, [], []
+    for d, out in enumerate(output_size):
+        bounds = torch.tensor(adaptive_windows(x.shape[d + 2], out), device=x.device)
+        longest = int((bounds[:, 1] - bounds[:, 0]).max())
+        position = bounds[:, :1] + torch.arange(longest, device=x.device)
+        masks.append(position < bounds[:, 1:])
+        index = torch.minimum(position, bounds[:, 1:] - 1)
+        indices.append(index)
+        axis = 2 + 2 * d
+        values = values.index_select(axis, index.flatten()).unflatten(axis, index.shape)
+    n, c = x.shape[:2]
+    values = values.permute(0, 1, 2, 4, 6, 3, 5, 7).flatten(-3)
+    mask = (masks[0][:, None, None, :, None, None] & masks[1][None, :, None, None, :, None]
+            & masks[2][None, None, :, None, None, :]).flatten(-3)
+    return values, mask, indices
+
+
+def soft_adaptive_pool_reference(x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    """Adaptive SoftPool of a 5-D ``x`` in plain PyTorch: the fallback when the compiled kernel is
+    unavailable (memory grows with the windows' overlap)."""
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    values, mask, _ = _adaptive_gather(x.to(compute_dtype), output_size)
+    weights = torch.softmax(values.masked_fill(~mask, -math.inf), dim=-1)
+    return (weights * values).sum(-1).to(x.dtype)
+
+
+def soft_adaptive_pool_reference_backward(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, output_size: Sequence[int]
+) -> torch.Tensor:
+    """Gradient of :func:`soft_adaptive_pool_reference` wrt ``x`` without autograd:
+    ``dx_i = sum over windows w containing i of g_w exp(x_i - lse_w) (1 + x_i - y_w)``."""
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    values, mask, indices = _adaptive_gather(x.to(compute_dtype), output_size)
+    lse = torch.logsumexp(values.masked_fill(~mask, -math.inf), dim=-1, keepdim=True)
+    g = grad.to(compute_dtype).unsqueeze(-1)
+    contribution = torch.where(mask, g * torch.exp(values - lse) * (1 + values - y.to(compute_dtype).unsqueeze(-1)), 0.0)
+    lengths = [index.shape[1] for index in indices]
+    # (N, C, T_out, H_out, W_out, mT, mH, mW) -> (N, C, T_out, mT, H_out, mH, W_out, mW)
+    dx = contribution.unflatten(-1, lengths).permute(0, 1, 2, 5, 3, 6, 4, 7)
+    for d in reversed(range(3)):
+        axis = 2 + 2 * d
+        flat = dx.flatten(axis, axis + 1)
+        shape = list(flat.shape)
+        shape[axis] = x.shape[d + 2]
+        dx = flat.new_zeros(shape).index_add_(axis, indices[d].flatten(), flat)
+    return dx.to(x.dtype)
+
+
+@torch.library.custom_op("softpool3d::soft_adaptive_pool3d_forward", mutates_args=())
+def _adaptive_forward_op(x: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    """Adaptive SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it."""
+    module = extension.for_device(x.device)
+    if module is None:
+        return soft_adaptive_pool_reference(x, output_size).contiguous(memory_format=_memory_format(x))
+    return module.adaptive_forward(x, output_size, _channels_last(x), False)
+
+
+@_adaptive_forward_op.register_fake
+def _adaptive_forward_fake(x: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    return _output_like(x, (*x.shape[:2], *output_size))
+
+
+@torch.library.custom_op("softpool3d::soft_adaptive_pool3d_backward", mutates_args=())
+def _adaptive_backward_op(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    """Gradient wrt ``x`` of adaptive SoftPool, from the input ``x`` and output ``y`` only."""
+    module = extension.for_device(x.device)
+    if module is None:
+        dx = soft_adaptive_pool_reference_backward(grad, x, y, output_size)
+        return dx.contiguous(memory_format=_memory_format(x))
+    return module.adaptive_backward(grad, x, y, output_size, _channels_last(x), False)
+
+
+@_adaptive_backward_op.register_fake
+def _adaptive_backward_fake(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    return _output_like(x, x.shape)
+
+
+def _adaptive_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's callback signature)
+    x, output_size = inputs
+    ctx.save_for_backward(x, output)
+    ctx.output_size = output_size
+
+
+def _adaptive_backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
+    x, y = ctx.saved_tensors
+    return _adaptive_backward_op(grad, x, y, ctx.output_size), None
+
+
+_adaptive_forward_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
+
+
+def _soft_adaptive_pool(x: torch.Tensor, dims: int, output_size: AdaptiveSize) -> torch.Tensor:
+    out = check_adaptive_args(x, dims, output_size)
+    x5, out5 = _as_5d(x, dims), [1] * (3 - dims) + list(out)
+    if exportable.is_exportable():
+        y = exportable.soft_adaptive_pool_plain(x5, [adaptive_windows(n, o) for n, o in zip(x5.shape[2:], out5)])
+    else:
+        y = _adaptive_forward_op(x5, out5)
+    return _from_5d(y, dims, x.dim() == dims + 1)
+
+
+def soft_adaptive_pool1d(x: torch.Tensor, output_size: AdaptiveSize) -> torch.Tensor:
+    """Adaptive SoftPool over ``(N, C, L)`` or ``(C, L)`` to ``(..., L_out)``, with the windows of
+    ``F.adaptive_avg_pool1d``."""
+    return _soft_adaptive_pool(x, 1, output_size)
+
+
+def soft_adaptive_pool2d(x: torch.Tensor, output_size: AdaptiveSize) -> torch.Tensor:
+    """Adaptive SoftPool over ``(N, C, H, W)`` or ``(C, H, W)`` to ``(..., H_out, W_out)``, with the
+    windows of ``F.adaptive_avg_pool2d`` (``None`` entries keep the input's size)."""
+    return _soft_adaptive_pool(x, 2, output_size)
+
+
+def soft_adaptive_pool3d(x: torch.Tensor, output_size: AdaptiveSize) -> torch.Tensor:
+    """Adaptive SoftPool over ``(N, C, T, H, W)`` or ``(C, T, H, W)`` to ``(..., T_out, H_out, W_out)``,
+    with the windows of ``F.adaptive_avg_pool3d`` (``None`` entries keep the input's size)."""
+    return _soft_adaptive_pool(x, 3, output_size)
+
+
+class _SoftAdaptivePoolNd(nn.Module):
+    dims = 0
+
+    def __init__(self, output_size: AdaptiveSize) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _soft_adaptive_pool(x, self.dims, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class SoftAdaptivePool1d(_SoftAdaptivePoolNd):
+    """Module form of :func:`soft_adaptive_pool1d`: ``(N, C, L) -> (N, C, L_out)``."""
+
+    dims = 1
+
+
+class SoftAdaptivePool2d(_SoftAdaptivePoolNd):
+    """Module form of :func:`soft_adaptive_pool2d`: ``(N, C, H, W) -> (N, C, H_out, W_out)``."""
+
+    dims = 2
+
+
+class SoftAdaptivePool3d(_SoftAdaptivePoolNd):
+    """Module form of :func:`soft_adaptive_pool3d`: ``(N, C, T, H, W) -> (N, C, T_out, H_out, W_out)``."""
 
     dims = 3

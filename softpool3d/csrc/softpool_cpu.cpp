@@ -26,7 +26,12 @@ at::Tensor empty_output(const at::Tensor& x, const Geometry& g, at::MemoryFormat
 // Outputs [lo, hi) along W whose windows lie wholly inside the input; their rows run as
 // loops over ow that compilers vectorise. Windows cut by padding or ceil_mode (at most a few
 // per row) go through the per-window functions of softpool_kernel.h.
+// Adaptive windows differ in length, so none is interior: all take the per-window functions.
 void interior_range(const Geometry& g, int64_t* lo, int64_t* hi) {
+  if (g.adaptive) {
+    *lo = *hi = 0;
+    return;
+  }
   const int64_t first = (g.pad[2] + g.stride[2] - 1) / g.stride[2];
   const int64_t room = g.in[2] + g.pad[2] - g.kernel[2];
   const int64_t last = room < 0 ? 0 : std::min<int64_t>(g.out[2], room / g.stride[2] + 1);
@@ -274,7 +279,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat 
           if (stats.exact[i]) exact(o0 + i);
       }
     };
-    if (windows_disjoint(g)) {
+    if (windows_disjoint(g) || g.adaptive) {
       const int64_t rows = planes * g.out[0] * g.out[1];
       at::parallel_for(0, rows, grain(g.out[2] * window_volume(g)), [&](int64_t begin, int64_t end) {
         RowStats<scalar_t, acc_t> stats(g, chunk_size(g));

@@ -95,7 +95,10 @@ SP_HD double log_positive(double x) {
 }
 
 // One pooled 3-D problem: input and output sizes (T, H, W), kernel, stride and padding, in the
-// index type of the arithmetic (int64_t, or int32_t where the launch plan allows it).
+// index type of the arithmetic (int64_t, or int32_t where the launch plan allows it). Adaptive
+// pooling (adaptive_avg_pool3d's windows) has window o of dimension d at
+// [floor(o in / out), ceil((o + 1) in / out)); its kernel is then the longest window, its stride
+// the kernel where windows tile the input (in divisible by out) and 1 elsewhere, its padding 0.
 template <typename index_t>
 struct GeometryT {
   index_t in[3];
@@ -103,6 +106,7 @@ struct GeometryT {
   index_t kernel[3];
   index_t stride[3];
   index_t pad[3];
+  bool adaptive;
 };
 using Geometry = GeometryT<int64_t>;
 
@@ -116,12 +120,18 @@ GeometryT<index_t> narrow_geometry(const Geometry& g) {
     out.stride[d] = static_cast<index_t>(g.stride[d]);
     out.pad[d] = static_cast<index_t>(g.pad[d]);
   }
+  out.adaptive = g.adaptive;
   return out;
 }
 
 // Window [begin, end) of output index o along dimension d, padded positions removed.
 template <typename index_t>
 SP_HD void window_range(const GeometryT<index_t>& g, int d, index_t o, index_t* begin, index_t* end) {
+  if (g.adaptive) {
+    *begin = o * g.in[d] / g.out[d];
+    *end = ((o + 1) * g.in[d] + g.out[d] - 1) / g.out[d];
+    return;
+  }
   const index_t start = o * g.stride[d] - g.pad[d];
   const index_t stop = start + g.kernel[d];
   *begin = start < 0 ? 0 : start;
@@ -131,6 +141,12 @@ SP_HD void window_range(const GeometryT<index_t>& g, int d, index_t o, index_t* 
 // Output windows [begin, end) along dimension d that contain input index i.
 template <typename index_t>
 SP_HD void windows_containing(const GeometryT<index_t>& g, int d, index_t i, index_t* begin, index_t* end) {
+  if (g.adaptive) {
+    // floor(o in / out) <= i  <=>  o <= ((i + 1) out - 1) / in;  ceil((o + 1) in / out) > i  <=>  o >= i out / in
+    *begin = i * g.out[d] / g.in[d];
+    *end = ((i + 1) * g.out[d] - 1) / g.in[d] + 1;
+    return;
+  }
   const index_t shifted = i + g.pad[d];
   const index_t low = shifted - g.kernel[d] + 1;
   const index_t first = low <= 0 ? 0 : (low + g.stride[d] - 1) / g.stride[d];

@@ -55,7 +55,8 @@ inline int64_t index_bound(at::IntArrayRef sizes, at::IntArrayRef strides) {
 
 // Whether int32_t arithmetic can run a launch: every thread index of its grids (threads, before
 // rounding up to whole blocks), every offset and index of its tensors (sizes and strides) and
-// every coordinate the window arithmetic forms stay below 2^31.
+// every coordinate the window arithmetic forms (adaptive windows: products of an index and a size)
+// stay below 2^31.
 inline bool index_fits_int32(const std::vector<int64_t>& threads, const std::vector<at::IntArrayRef>& sizes,
                              const std::vector<at::IntArrayRef>& strides, const Geometry& g) {
   const int64_t limit = std::numeric_limits<int32_t>::max();
@@ -64,7 +65,9 @@ inline bool index_fits_int32(const std::vector<int64_t>& threads, const std::vec
   for (size_t k = 0; k < sizes.size(); ++k)
     if (index_bound(sizes[k], strides[k]) > limit) return false;
   for (int d = 0; d < 3; ++d)
-    if (g.in[d] + 2 * g.pad[d] + g.kernel[d] + g.stride[d] > limit) return false;
+    if (g.in[d] + 2 * g.pad[d] + g.kernel[d] + g.stride[d] > limit ||
+        (g.adaptive && (g.in[d] + 1) * (g.out[d] + 1) > limit))
+      return false;
   return true;
 }
 

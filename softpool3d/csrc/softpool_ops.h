@@ -15,6 +15,9 @@ namespace softpool {
 Geometry make_geometry(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                        bool ceil_mode);
 
+// Checks a 5-D input and the output size (T, H, W) of adaptive pooling and returns its geometry.
+Geometry make_adaptive_geometry(const at::Tensor& x, at::IntArrayRef output_size);
+
 // True when every input lies in at most one window (stride >= kernel in every dimension).
 bool windows_disjoint(const Geometry& g);
 

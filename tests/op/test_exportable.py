@@ -69,3 +69,40 @@ def test_plain_ops_only_inside_the_block():
     assert not is_exportable()
     assert "softpool3d" not in plain and "aten.exp" in plain
     assert "softpool3d.soft_pool3d_forward" in str(torch.export.export(pool, (x,)).graph)
+
+
+def adaptive_loop_reference(x, output_size):
+    """float64 adaptive SoftPool, one window at a time, with adaptive_avg_pool's window bounds."""
+    sizes = x.shape[2:]
+    y = torch.zeros(*x.shape[:2], *output_size, dtype=torch.float64)
+    for out in itertools.product(*(range(n) for n in output_size)):
+        window = [slice(o * n // m, -(-(o + 1) * n // m)) for o, n, m in zip(out, sizes, output_size)]
+        values = x.double()[(slice(None), slice(None), *window)].flatten(2)
+        y[(slice(None), slice(None), *out)] = (values.softmax(-1) * values).sum(-1)
+    return y
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+@pytest.mark.parametrize("output_size", [(1, 1, 1), (2, 3, 3), (5, 4, 3), (3, 9, 8), (4, 2, 5)])
+def test_adaptive_plain_ops_match_a_float64_loop_over_windows(output_size, scale):
+    x = torch.randn(2, 3, 5, 9, 8, generator=torch.Generator().manual_seed(1)) * scale
+    with set_exportable():
+        y = softpool3d.soft_adaptive_pool3d(x, output_size)
+    assert y.shape == (2, 3, *output_size) and torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), adaptive_loop_reference(x, output_size), rtol=2e-5, atol=2e-5 * scale)
+
+
+def test_adaptive_pool_exports_to_onnx_in_standard_ops(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pool = softpool3d.SoftAdaptivePool3d((2, 3, 3)).eval()
+    x = torch.randn(2, 4, 5, 9, 8, generator=torch.Generator().manual_seed(2)) * 30
+    with torch.no_grad(), set_exportable():
+        torch.onnx.export(pool, (x,), str(tmp_path / "pool.onnx"), input_names=["x"], dynamo=True, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},), external_data=False)
+    assert {node.domain for node in onnx.load(str(tmp_path / "pool.onnx")).graph.node} <= {"", "ai.onnx"}
+    session = onnxruntime.InferenceSession(str(tmp_path / "pool.onnx"), providers=["CPUExecutionProvider"])
+    x3 = torch.randn(3, 4, 5, 9, 8, generator=torch.Generator().manual_seed(3)) * 30
+    exported = session.run(None, {"x": x3.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(exported).double(), adaptive_loop_reference(x3, (2, 3, 3)),
+                               rtol=2e-5, atol=1e-3)
