@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -86,13 +87,17 @@ def _dynamic_batch() -> tuple[dict[int, object]]:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The ONNX exporter's and optimizer's INFO chatter held back (warnings still show)."""
+    """The exporters' chatter held back: the ONNX exporter's and optimizer's INFO logs, and two warnings
+    torch.export gives about its own tracing of ``nn.LSTM`` (SRTG) and of its size checks."""
     loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [each.level for each in loggers]
     for each in loggers:
         each.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"_check_is_size will be removed", category=FutureWarning)
+            yield
     finally:
         for each, level in zip(loggers, levels):
             each.setLevel(level)
@@ -143,7 +148,7 @@ def check_onnx(recognizer: Recognizer, path: Path, clips: torch.Tensor) -> Expor
 def export_pt2(recognizer: Recognizer, path: Path) -> Path:
     """Write ``recognizer``'s model as a ``torch.export`` program (dynamic batch) with ``torch.export.save``, atomically."""
     model = recognizer.model.float().eval()
-    with torch.no_grad(), set_exportable():
+    with torch.no_grad(), set_exportable(), _quiet_exporter():
         program = torch.export.export(model, (example_clips(recognizer, 2).to(recognizer.device),),
                                       dynamic_shapes=_dynamic_batch())
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
