@@ -157,8 +157,11 @@ class _Probe(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, float, str]:
+        path = self.paths[index]
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return 0, 0.0, f"{path} is empty (0 bytes)"
         try:
-            info = OpenVideo(self.paths[index]).info
+            info = OpenVideo(path).info
         except VideoReadError as error:
             return 0, 0.0, str(error)
         return info.num_frames, info.fps, ""
@@ -372,7 +375,7 @@ def format_table(predictions: Sequence[Prediction], classes: Sequence[str], top_
     rows = [("video", "duration", f"top-{top_k}")]
     for prediction in predictions:
         if prediction.error is not None:
-            rows.append((prediction.video, "", f"ERROR: {prediction.error}"))
+            rows.append((prediction.video, "", f"failed: {prediction.error}"))
             continue
         def scores(probabilities: Optional[np.ndarray] = None) -> str:
             return ", ".join(f"{t['label']} {t['score']:.3f}" for t in prediction.top_k(classes, top_k, probabilities))

@@ -68,6 +68,7 @@ def test_folder_with_bad_files_exits_1_naming_them_and_predicts_the_rest(checkpo
                                     ("a.mp4", "b.mp4", "nested/c.mp4", "corrupt.mp4", "empty.mp4"))
     assert set(videos[str(inputs / "corrupt.mp4")]) == {"video", "error"}
     assert set(videos[str(inputs / "empty.mp4")]) == {"video", "error"}
+    assert "empty (0 bytes)" in videos[str(inputs / "empty.mp4")]["error"]
     recognizer = Recognizer.from_checkpoint(checkpoint, "cpu")
     for name in ("a.mp4", "b.mp4", "nested/c.mp4"):
         entry = videos[str(inputs / name)]
