@@ -10,7 +10,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["r3d_18", "x3d_s", "srtg_r3d_34"])
+    parser.add_argument("--models", nargs="*", default=["r3d_18", "x3d_s", "srtg_r3d_34"],
+                        help="models of the backends table (none: only the predict table)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per backend (after warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
