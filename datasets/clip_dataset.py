@@ -174,7 +174,7 @@ class ClipDataset(Dataset):
         """Paths of the videos replaced so far, in this process and its DataLoader workers."""
         return self._skipped.paths()
 
-    def _unreadable_view(self) -> torch.Tensor:
+    def unreadable_view(self) -> torch.Tensor:
         """The zero clip uint8 ``(C, T, crop, crop)`` that stands in for a view that cannot be decoded."""
         return torch.zeros(3, self.num_frames, self.crop_size, self.crop_size, dtype=torch.uint8)
 
@@ -194,16 +194,23 @@ class ClipDataset(Dataset):
         views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 
-    def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:
-        video = OpenVideo(self.videos[video_index])
-        total = video.info.num_frames
-        if self.train:
-            return self._train_clips(video, index)
+    def test_view(self, video: OpenVideo, view: int, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """Test view ``view`` of ``video`` (clip ``view // num_crops``, crop ``view % num_crops``):
+        ``(C, T, crop_size, crop_size)``. ``span=(first, end)`` spreads the clips over frames
+        ``first .. end - 1`` only (a window of a long video); default the whole video."""
+        first, end = span if span is not None else (0, video.info.num_frames)
         clip_index, crop_index = divmod(view, self.num_crops)
-        clips = self.test_sampler(total, self.num_frames, self.sampling_rate, self.num_clips)
+        clips = self.test_sampler(end - first, self.num_frames, self.sampling_rate, self.num_clips)
         if len(clips) != self.num_clips:
             raise ValueError(f"test_sampler gave {len(clips)} clips, expected num_clips={self.num_clips}")
-        return self.transform(video.frames(_checked(clips[clip_index], self.num_frames, "test_sampler")), crop_index)
+        indices = [first + i for i in _checked(clips[clip_index], self.num_frames, "test_sampler")]
+        return self.transform(video.frames(indices), crop_index)
+
+    def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:
+        video = OpenVideo(self.videos[video_index])
+        if self.train:
+            return self._train_clips(video, index)
+        return self.test_view(video, view)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         video_index, view = divmod(index, self.num_views)
@@ -213,7 +220,7 @@ class ClipDataset(Dataset):
             except VideoReadError as error:
                 if not self.train:
                     logger.debug("view %d of %s is left out: %s", view, self.videos[video_index], error)
-                    return self._unreadable_view(), UNREADABLE, video_index
+                    return self.unreadable_view(), UNREADABLE, video_index
                 self._skipped.add(self.videos[video_index], str(error))
                 video_index = randint(self.num_videos, sample_generator(self.seed, self.epoch, index, -1 - attempt))
         raise RuntimeError(

@@ -8,7 +8,8 @@ exactly its windows (``softpool3d::soft_adaptive_pool3d_forward``/``_backward``,
 
 All of them run the ``softpool3d::soft_pool3d_forward``/``_backward`` custom ops on a 5-D view
 of the input (1-D, 2-D and unbatched inputs are reshaped), so ``torch.compile(fullgraph=True)``
-traces them. The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
+traces them (inside :func:`softpool3d.exportable.set_exportable` they compute in plain ops
+instead, for export). The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
 see :mod:`softpool3d.extension`), or, when it cannot be built, :func:`soft_pool_reference` and
 :func:`soft_pool_reference_backward`. Backward needs only the saved input and output.
 """
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softpool3d import extension
+from softpool3d import exportable, extension
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -255,7 +256,13 @@ def _soft_pool(
 ) -> torch.Tensor:
     kernel, stride_, pad = check_pool_args(x, dims, kernel_size, stride, padding)
     lead = (1,) * (3 - dims)
-    y = _forward_op(_as_5d(x, dims), list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad), ceil_mode)
+    x5 = _as_5d(x, dims)
+    kernel5, stride5, pad5 = list(lead + kernel), list(lead + stride_), [0] * (3 - dims) + list(pad)
+    if exportable.is_exportable():
+        outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x5.shape[2:], kernel5, stride5, pad5)]
+        y = exportable.soft_pool_plain(x5, kernel5, stride5, pad5, outs)
+    else:
+        y = _forward_op(x5, kernel5, stride5, pad5, ceil_mode)
     return _from_5d(y, dims, x.dim() == dims + 1)
 
 
@@ -446,7 +453,11 @@ _adaptive_forward_op.register_autograd(_adaptive_backward, setup_context=_adapti
 
 def _soft_adaptive_pool(x: torch.Tensor, dims: int, output_size: AdaptiveSize) -> torch.Tensor:
     out = check_adaptive_args(x, dims, output_size)
-    y = _adaptive_forward_op(_as_5d(x, dims), [1] * (3 - dims) + list(out))
+    x5, out5 = _as_5d(x, dims), [1] * (3 - dims) + list(out)
+    if exportable.is_exportable():
+        y = exportable.soft_adaptive_pool_plain(x5, [adaptive_windows(n, o) for n, o in zip(x5.shape[2:], out5)])
+    else:
+        y = _adaptive_forward_op(x5, out5)
     return _from_5d(y, dims, x.dim() == dims + 1)
 
 

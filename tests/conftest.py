@@ -22,3 +22,35 @@ def index_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOFTPOOL3D_CACHE_DIR", str(folder))
         yield folder
+
+
+TINY_CLIPS = ("data.num_frames=4", "data.sampling_rate=2", "data.crop_size=32", "data.train_scale=[32,40]",
+              "data.test_scale=32", "data.num_clips=2", "data.num_crops=1", "data.test_batch_size=4",
+              "data.num_workers=0", "train.device=cpu")
+"""Config overrides for 4-frame 32x32 clips, 2 test views a video, on the CPU."""
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``make(model, classes, *overrides) -> Path``: a freshly initialised ``model`` saved as a training
+    checkpoint in the real format (``training_checkpoint`` + ``save_checkpoint``) with the demo config,
+    :data:`TINY_CLIPS` and ``overrides``; what prediction and export read."""
+    import torch
+
+    from softpool3d.engine import builders
+    from softpool3d.engine.checkpoint import Progress, rng_state, save_checkpoint, training_checkpoint
+    from softpool3d.engine.config import load_config, to_container
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+
+    def make(model: str, classes: list[str], *overrides: str) -> Path:
+        cfg = load_config(None, [f"model.name={model}", *TINY_CLIPS, *overrides])
+        torch.manual_seed(0)
+        network = builders.build_architecture(cfg, len(classes))
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        state = training_checkpoint(network, optimizer, scheduler, None, Progress(), 0, to_container(cfg),
+                                    list(classes), [rng_state()])
+        return save_checkpoint(state, folder / f"{model}-{len(list(folder.iterdir()))}.pt")
+
+    return make

@@ -11,14 +11,14 @@ import argparse
 import logging
 import sys
 
-from softpool3d import extension
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-only", action="store_true", help="build without the CUDA kernel")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from softpool3d import extension
+
     for with_cuda in (False, True) if extension.cuda_available() and not args.cpu_only else (False,):
         module = extension.build(with_cuda, verbose=True)
         logging.info("built %s (%s)", module.__file__, "CPU + CUDA" if with_cuda else "CPU")

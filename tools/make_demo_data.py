@@ -7,8 +7,6 @@ import argparse
 import logging
 import sys
 
-from softpool3d.datasets import make_demo_dataset
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distractors", type=int, default=0, help="nuisance shapes drifting behind the actor")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from softpool3d.datasets import make_demo_dataset
+
     make_demo_dataset(args.root, seed=args.seed, videos_per_class=args.videos_per_class,
                       test_per_class=args.test_per_class, num_frames=args.frames, size=args.size,
                       noise=args.noise, distractors=args.distractors)

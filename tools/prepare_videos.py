@@ -10,28 +10,23 @@ import argparse
 import logging
 import sys
 
-from softpool3d.datasets.prepare import (
-    DEFAULT_CRF,
-    DEFAULT_KEYFRAME_INTERVAL,
-    DEFAULT_SHORT_SIDE,
-    FAILED_LIST,
-    prepare_videos,
-)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="folder of source videos (searched recursively)")
     parser.add_argument("dst", help="output folder; gets the same relative paths")
-    parser.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE, help="pixels (never enlarged)")
-    parser.add_argument("--keyframe-interval", type=int, default=DEFAULT_KEYFRAME_INTERVAL, help="frames")
-    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 constant rate factor (quality)")
+    parser.add_argument("--short-side", type=int, default=None, help="pixels, never enlarged (default: 320)")
+    parser.add_argument("--keyframe-interval", type=int, default=None, help="frames (default: 32)")
+    parser.add_argument("--crf", type=int, default=None, help="x264 constant rate factor, quality (default: 23)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU; 0: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from softpool3d.datasets.prepare import FAILED_LIST, prepare_videos
+
+    given = {"short_side": args.short_side, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
     try:
-        summary = prepare_videos(args.src, args.dst, short_side=args.short_side,
-                                 keyframe_interval=args.keyframe_interval, crf=args.crf, workers=args.workers)
+        summary = prepare_videos(args.src, args.dst, workers=args.workers,
+                                 **{key: value for key, value in given.items() if value is not None})
     except (FileNotFoundError, ValueError) as error:
         logging.error("prepare_videos: %s", error)
         return 2

@@ -5,7 +5,7 @@ import contextlib
 import functools
 import logging
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, ContextManager, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -14,7 +14,7 @@ from torch import nn
 from softpool3d.engine.checkpoint import has_digest, load_checkpoint, model_weights
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.config import run_dir
-from softpool3d.datasets import ClipDataset, make_demo_dataset
+from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
@@ -34,20 +34,10 @@ def prepare_data(cfg: DictConfig) -> None:
         make_demo_dataset(Path(cfg.data.root))
 
 
-def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
-    """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry; the paths
-    of missing videos go to ``<run_dir>/missing_<split>.txt``."""
+def clip_options(cfg: DictConfig, train: bool, num_clips: int = 1, num_crops: int = 1) -> dict[str, Any]:
+    """The ``ClipDataset`` keywords of the ``data`` section: clip geometry, scales, normalization."""
     data = cfg.data
-    return build_clip_dataset(
-        data.dataset,
-        data.root,
-        split,
-        train=train,
-        annotations=data.annotations,
-        fold=data.fold,
-        val_fraction=data.val_fraction,
-        val_seed=data.val_seed,
-        missing_list=run_dir(cfg) / f"missing_{split}.txt",
+    return dict(
         num_frames=data.num_frames,
         sampling_rate=data.sampling_rate,
         num_clips=num_clips,
@@ -60,6 +50,32 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         rand_augment_n=data.rand_augment_n,
         rand_augment_m=data.rand_augment_m,
     )
+
+
+def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
+    """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry (:func:`clip_options`);
+    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``."""
+    data = cfg.data
+    return build_clip_dataset(
+        data.dataset,
+        data.root,
+        split,
+        train=train,
+        annotations=data.annotations,
+        fold=data.fold,
+        val_fraction=data.val_fraction,
+        val_seed=data.val_seed,
+        missing_list=run_dir(cfg) / f"missing_{split}.txt",
+        **clip_options(cfg, train, num_clips, num_crops),
+    )
+
+
+def build_test_clips(cfg: DictConfig, videos: Sequence[str | Path], classes: Sequence[str], num_clips: int,
+                     num_crops: int) -> ClipDataset:
+    """The test views of arbitrary ``videos`` (no annotation list, labels 0) cut exactly as
+    :func:`build_dataset` cuts ``data.test_split``'s: the same sampler, transform and clip geometry."""
+    annotations = Annotations([str(video) for video in videos], [0] * len(videos), list(classes), source="given videos")
+    return ClipDataset(annotations, train=False, **clip_options(cfg, False, num_clips, num_crops))
 
 
 def build_architecture(cfg: DictConfig, num_classes: int) -> nn.Module:

@@ -1,7 +1,9 @@
-"""Command lines of ``softpool3d-train`` / ``tools/train.py`` and ``softpool3d-test`` / ``tools/test.py``.
+"""Command lines of ``softpool3d-train`` / ``tools/train.py``, ``softpool3d-test`` / ``tools/test.py``,
+``softpool3d-predict`` / ``tools/predict.py`` and ``softpool3d-export`` / ``tools/export.py``.
 
-A user error (a bad config value, a missing file, a damaged checkpoint, bad data, ...: the types in
-:data:`USER_ERRORS`) ends the command with one ``ERROR`` line naming the file, key or value and
+The arguments are parsed before anything imports torch (the engine is imported inside each
+command's job), so ``--help`` answers at once. A user error (a bad config value, a missing file, a
+damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
 exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
@@ -12,27 +14,31 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from softpool3d.engine.checkpoint import CheckpointError
-from softpool3d.engine.config import ConfigError, check_runnable, load_config
-from softpool3d.datasets import AnnotationError
-from softpool3d.engine.evaluate import UnreadableVideosError, run_test
-from softpool3d.engine.nonfinite import NonFiniteLossError
-from softpool3d.engine.run_lock import RunDirError
-from softpool3d.engine.summary import split_label
-from softpool3d.engine.train import train
-
 logger = logging.getLogger("softpool3d")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,  # a config value out of range, an unknown name, a missing path, no CUDA device
-    CheckpointError,  # an unreadable checkpoint, or one of another model or width
-    AnnotationError,  # a malformed annotation file or line
-    FileNotFoundError,  # a missing annotation file or dataset folder
-    UnreadableVideosError,  # more than data.max_bad_fraction of the val/test videos cannot be decoded
-    NonFiniteLossError,  # a NaN/inf loss or gradient under train.nonfinite=stop, or too many skips in a row
-    RunDirError,  # the run directory is locked by another job, or cannot be written
-)
-"""The exceptions that are the user's to fix: one ``ERROR`` line and exit code 2, no traceback."""
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's to fix: one ``ERROR`` line and exit code 2, no traceback.
+
+    Imported here, after the arguments are parsed, so that ``--help`` never imports torch.
+    """
+    from softpool3d.datasets import AnnotationError
+    from softpool3d.engine.checkpoint import CheckpointError
+    from softpool3d.engine.config import ConfigError
+    from softpool3d.engine.evaluate import UnreadableVideosError
+    from softpool3d.engine.nonfinite import NonFiniteLossError
+    from softpool3d.engine.run_lock import RunDirError
+
+    return (
+        ConfigError,  # a config value out of range, an unknown name, a missing path, no CUDA device
+        CheckpointError,  # an unreadable checkpoint, or one of another model or width
+        AnnotationError,  # a malformed annotation file or line
+        FileNotFoundError,  # a missing annotation file or dataset folder, a folder without videos
+        UnreadableVideosError,  # more than data.max_bad_fraction of the val/test videos cannot be decoded
+        NonFiniteLossError,  # a NaN/inf loss or gradient under train.nonfinite=stop, or too many skips in a row
+        RunDirError,  # the run directory is locked by another job, or cannot be written
+    )
+
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -52,9 +58,10 @@ def _debug_requested(args: argparse.Namespace) -> bool:
 
 def _run_reporting_user_errors(job: Callable[[], int], debug: bool) -> int:
     """``job()``, with a user error turned into one ``ERROR`` line and exit code 2 (re-raised with ``debug``)."""
+    errors = user_errors()
     try:
         return job()
-    except USER_ERRORS as error:
+    except errors as error:
         if debug:
             raise
         logger.error("%s", " ".join(str(error).split("\n")) or type(error).__name__)
@@ -82,6 +89,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
+        from softpool3d.engine.config import check_runnable, load_config
+        from softpool3d.engine.summary import split_label
+        from softpool3d.engine.train import train
+
         cfg = load_config(args.config, args.overrides)
         check_runnable(cfg)
         result = train(cfg)
@@ -116,7 +127,74 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
+        from softpool3d.engine.evaluate import run_test
+
         run_test(args.checkpoint, args.overrides, args.out)
         return 0
+
+    return _run_reporting_user_errors(job, debug)
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``softpool3d-predict CHECKPOINT INPUT... [options]``: exit 0, 1 when some video could not be
+    decoded, 2 on a user error (a missing or damaged checkpoint, a folder without videos)."""
+    parser = argparse.ArgumentParser(
+        description="Predict the action classes of videos with a trained checkpoint: a table on stdout, and "
+                    "optionally a .json/.jsonl/.csv file, pooled features and videos with the prediction drawn on.")
+    parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="video files, folders (searched recursively) or @list.txt (one path a line)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per video (default: 5)")
+    parser.add_argument("--clips", type=int, default=None, help="clips per video or window (default: the config's)")
+    parser.add_argument("--crops", type=int, default=None, choices=(1, 3),
+                        help="crops per clip (default: the config's)")
+    parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                        help="also predict on windows of this many seconds; the video's top-k averages them")
+    parser.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                        help="seconds between window starts (default: --window)")
+    parser.add_argument("--out", default=None, help="write the predictions to FILE.json, FILE.jsonl or FILE.csv")
+    parser.add_argument("--features", default=None, metavar="DIR",
+                        help="write each video's pooled features as DIR/<relative path>.npy ((D,), or (windows, D))")
+    parser.add_argument("--render", default=None, metavar="DIR",
+                        help="write each video again under DIR with its prediction drawn on the frames")
+    parser.add_argument("--batch-size", type=int, default=None, help="views per forward pass (default: the config's "
+                                                                     "data.test_batch_size)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0: in this process)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_debug(parser)
+    args = parser.parse_args(argv)
+    debug = _debug_requested(args)
+    setup_logging(debug)
+
+    def job() -> int:
+        from softpool3d.engine.predict import run_predict
+
+        return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,
+                           num_crops=args.crops, window=args.window, stride=args.stride, out=args.out,
+                           features_dir=args.features, render_dir=args.render, batch_size=args.batch_size,
+                           workers=args.workers, device=args.device)
+
+    return _run_reporting_user_errors(job, debug)
+
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``softpool3d-export CHECKPOINT --format onnx|pt2 --out FILE``: exit 0, 1 when the exported model
+    differs from PyTorch beyond the tolerance, 2 on a user error."""
+    parser = argparse.ArgumentParser(
+        description="Export a checkpoint's model to ONNX (standard ops only) or a torch.export program (.pt2), "
+                    "then check the file against PyTorch on a clip.")
+    parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
+    parser.add_argument("--format", required=True, choices=("onnx", "pt2"))
+    parser.add_argument("--out", required=True, help="the file to write")
+    parser.add_argument("--device", default="cpu", help="where the model is traced (default: cpu)")
+    _add_debug(parser)
+    args = parser.parse_args(argv)
+    debug = _debug_requested(args)
+    setup_logging(debug)
+
+    def job() -> int:
+        from softpool3d.engine.export import run_export
+
+        return run_export(args.checkpoint, args.format, args.out, args.device)
 
     return _run_reporting_user_errors(job, debug)

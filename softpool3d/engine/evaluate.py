@@ -27,7 +27,7 @@ from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import run_loader
-from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,10 @@ def report_left_out(result: EvalResult, what: str, already_reported: Optional[se
 
 
 def write_predictions(result: EvalResult, directory: Path) -> tuple[Path, Path]:
-    """Write ``predictions.csv`` (one row per video, with its path) and ``predictions.json`` (metrics,
-    the videos covered and left out, per-class accuracy and the rows) into ``directory``; return both paths."""
+    """Write ``predictions.csv`` (one row per video, with its path), ``predictions.json`` (metrics,
+    the videos covered and left out, per-class accuracy and the rows) and ``per_class.csv`` (accuracy,
+    count and most-confused-with per class, :func:`~softpool3d.engine.metrics.per_class_rows`) into
+    ``directory``; return the first two paths."""
     directory.mkdir(parents=True, exist_ok=True)
     top = result.probabilities.topk(min(5, len(result.classes)), dim=1)
     rows = []
@@ -212,6 +214,11 @@ def write_predictions(result: EvalResult, directory: Path) -> tuple[Path, Path]:
     summary = {"num_videos": result.num_videos, "total_videos": result.total_videos, "left_out": result.left_out,
                "top1": result.top1, "top5": result.top5, "per_class_top1": per_class, "predictions": rows}
     json_path.write_text(json.dumps(summary, indent=2))
+    with (directory / "per_class.csv").open("w", newline="") as file:
+        classes = per_class_rows(result.confusion, result.classes)
+        writer = csv.DictWriter(file, fieldnames=list(classes[0]))
+        writer.writeheader()
+        writer.writerows(classes)
     return csv_path, json_path
 
 
@@ -229,6 +236,11 @@ def test_model(model: nn.Module, dataset: Dataset, cfg: DictConfig, dist_info: D
         csv_path, json_path = write_predictions(result, directory)
         logger.info("%s: %s x %d views, video top-1 %.2f%%, top-5 %.2f%%; predictions in %s and %s", label,
                     result.coverage, dataset.num_views, 100 * result.top1, 100 * result.top5, csv_path, json_path)
+        worst = worst_classes(per_class_rows(result.confusion, result.classes))
+        logger.info("%s: the worst classes: %s (per class: %s)", label, "; ".join(
+            f"{row['class']} {100 * row['accuracy']:.1f}% of {row['count']}"
+            + (f", most often taken for {row['most_confused_with']}" if row["most_confused_with"] else "")
+            for row in worst), directory / "per_class.csv")
     return result
 
 

@@ -1,4 +1,4 @@
-"""Accuracy metrics and a confusion-matrix image drawn without matplotlib."""
+"""Accuracy metrics: top-k hits, the confusion matrix, per-class accuracy and confusions."""
 from __future__ import annotations
 
 import torch
@@ -26,15 +26,22 @@ def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
     return confusion.diagonal().double() / totals
 
 
-def confusion_image(confusion: torch.Tensor, cell: int = 0) -> torch.Tensor:
-    """A ``(3, H, W)`` float image in [0, 1] of the row-normalised matrix: white (0) to dark blue (1).
+def per_class_rows(confusion: torch.Tensor, classes: list[str]) -> list[dict]:
+    """One row per class of ``confusion (K, K)`` (row = true class): ``class``, ``accuracy`` (recall, None
+    without samples), ``count`` (its samples), ``most_confused_with`` (the class most of its samples were
+    wrongly predicted as, None if none was) and ``confused_count`` (how many)."""
+    rows = []
+    for k, name in enumerate(classes):
+        counts = confusion[k].long().clone()
+        total, correct = int(counts.sum()), int(counts[k])
+        counts[k] = -1
+        other = int(counts.argmax())
+        rows.append({"class": name, "accuracy": correct / total if total else None, "count": total,
+                     "most_confused_with": classes[other] if int(counts[other]) > 0 else None,
+                     "confused_count": max(int(counts[other]), 0)})
+    return rows
 
-    ``cell`` pixels per entry (default: enough for a ~256-pixel image, at least 1).
-    """
-    k = confusion.shape[0]
-    cell = cell or max(1, 256 // k)
-    rows = confusion.double().sum(dim=1, keepdim=True).clamp_min(1)
-    value = (confusion.double() / rows).float()
-    white, blue = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.03, 0.19, 0.42])
-    rgb = white[:, None, None] + (blue - white)[:, None, None] * value[None]
-    return rgb.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+
+def worst_classes(rows: list[dict], count: int = 5) -> list[dict]:
+    """The ``count`` rows of :func:`per_class_rows` with the lowest accuracy (classes with samples only)."""
+    return sorted((row for row in rows if row["count"]), key=lambda row: (row["accuracy"], row["class"]))[:count]

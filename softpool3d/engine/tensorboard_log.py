@@ -8,7 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from softpool3d.engine.distributed import DistInfo
 from softpool3d.engine.evaluate import EvalResult
-from softpool3d.engine.metrics import confusion_image
+from softpool3d.engine.confusion_figure import confusion_figure
 
 
 class TensorBoardLog:
@@ -28,7 +28,7 @@ class TensorBoardLog:
         """``<prefix>/top1``, ``<prefix>/top5`` and ``<prefix>/confusion_matrix`` of ``result``."""
         self.scalars({f"{prefix}/top1": result.top1, f"{prefix}/top5": result.top5}, step)
         if self.writer is not None:
-            self.writer.add_image(f"{prefix}/confusion_matrix", confusion_image(result.confusion), step)
+            self.writer.add_image(f"{prefix}/confusion_matrix", confusion_figure(result.confusion, result.classes), step)
 
     def close(self) -> None:
         if self.writer is not None:

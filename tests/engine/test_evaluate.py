@@ -13,7 +13,7 @@ from softpool3d.datasets.clip_dataset import UNREADABLE
 from softpool3d.engine.distributed import DistInfo, ShardSampler
 from softpool3d.engine.evaluate import UnreadableVideosError, evaluate, write_predictions
 from softpool3d.engine.inputs import ClipNormalizer
-from softpool3d.engine.metrics import confusion_image, confusion_matrix, per_class_accuracy, topk_correct
+from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes
 
 
 class Views(Dataset):
@@ -65,8 +65,6 @@ def test_topk_and_confusion_match_loops():
         loop[truth, guess] += 1
     assert torch.equal(matrix, loop)
     torch.testing.assert_close(per_class_accuracy(matrix), loop.diagonal().double() / loop.sum(1).double())
-    image = confusion_image(matrix)
-    assert image.shape[0] == 3 and image.shape[1] == image.shape[2] and 0 <= image.min() and image.max() <= 1
 
 
 def test_predictions_files_hold_every_video(tmp_path):
@@ -77,6 +75,25 @@ def test_predictions_files_hold_every_video(tmp_path):
     assert summary["num_videos"] == 7 and len(summary["predictions"]) == 7
     assert summary["top1"] == pytest.approx(result.top1)
     assert sorted(row["video_index"] for row in summary["predictions"]) == list(range(7))
+    with (tmp_path / "per_class.csv").open() as file:
+        per_class = list(csv.DictReader(file))
+    assert [row["class"] for row in per_class] == result.classes
+    assert sum(int(row["count"]) for row in per_class) == 7
+
+
+def test_per_class_rows_and_worst_classes_match_a_loop():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3])
+    guesses = torch.tensor([0, 1, 1, 2, 1, 1, 0, 2, 2, 0])
+    rows = per_class_rows(confusion_matrix(guesses, labels, 5), ["a", "b", "c", "d", "e"])
+    for k, row in enumerate(rows):
+        mine = guesses[labels == k].tolist()
+        assert row["count"] == len(mine)
+        assert row["accuracy"] == (mine.count(k) / len(mine) if mine else None)
+        wrong = [g for g in mine if g != k]
+        expected = max(sorted(set(wrong)), key=wrong.count) if wrong else None
+        assert row["most_confused_with"] == (None if expected is None else "abcde"[expected])
+        assert row["confused_count"] == (wrong.count(expected) if wrong else 0)
+    assert [row["class"] for row in worst_classes(rows, 3)] == ["d", "a", "b"]
 
 
 class WithUnreadable(Views):
