@@ -14,6 +14,7 @@ builds exactly the base network.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -40,6 +41,13 @@ def cycle_consistent(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (back == frames).all(dim=-1)
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device_type`` (nothing to disable where torch has no autocast, e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class SqueezeRecursion(nn.Module):
     """The squeeze-and-recursion step with optional temporal gates, ``(N, C, T, H, W)`` -> same.
 
@@ -58,7 +66,7 @@ class SqueezeRecursion(nn.Module):
         squeezed = self.squeeze(x).flatten(2).transpose(1, 2)
         # The LSTM and the gate run in float32 with autocast off: under bf16 autocast torch would run
         # the cuDNN LSTM in fp16 (with no grad scaler) and promote the residual stream to float32.
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             states, _ = self.lstm(squeezed.float())
             if self.gates:
                 with torch.no_grad():

@@ -2,7 +2,7 @@
 the logic is :mod:`softpool3d.benchmarks.dropin`."""
 import sys
 
-from softpool3d.benchmarks.dropin import main
+from softpool3d.benchmarks.cli import dropin_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dropin_main())

@@ -1,7 +1,7 @@
 """SoftPool kernel benchmark (``--help`` for options); the logic is :mod:`softpool3d.benchmarks.op`."""
 import sys
 
-from softpool3d.benchmarks.op import main
+from softpool3d.benchmarks.cli import op_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(op_main())

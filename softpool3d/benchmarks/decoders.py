@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -119,18 +118,10 @@ def print_table(table: dict[str, dict[str, str]], names: list[str]) -> None:
         print(f"{name:<24}" + "".join(f"{table[label][name][:54]:<56}" for label in labels))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--python", action="append", required=True,
-                        help="an interpreter whose decord to compare (repeat; numpy and decord are all it needs)")
-    parser.add_argument("--root", type=Path, help="write the fixtures here (default: a temporary folder)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.decoders_main` parsed."""
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)
         names = write_fixtures(root)
         print_table(compare(root, names, args.python), names)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,7 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torchvision
@@ -46,7 +46,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "vgg11": (lambda: torchvision.models.vgg11(), (2, 3, 224, 224)),
 }
 """Network and input per case: the video networks at the smallest clip torchvision's weights accept
-where that is 16x224x224 (S3D, MViT), at 8x112x112 otherwise; the 2D networks at 224x224."""
+where that is 16x224x224 (S3D, MViT), at 8x112x112 otherwise; the 2D networks at 224x224. The command line
+lists their names in :data:`softpool3d.benchmarks.cli.DROPIN_CASES`."""
 
 
 @dataclass
@@ -116,12 +117,8 @@ TABLE_HEAD = ("| network | input (N x C x [T x] H x W) | pools replaced | left |
               "|---|---|---|---|---|---|---|---|---|---|")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="cases to run (default: all)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case, after one warm-up step")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.dropin_main` parsed."""
     if args.threads:
         torch.set_num_threads(args.threads)
     print(TABLE_HEAD, flush=True)

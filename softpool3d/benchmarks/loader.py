@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +45,6 @@ from softpool3d.datasets.prepare import find_videos
 from softpool3d.datasets.sampling import random_clip
 from softpool3d.datasets.transforms import TrainTransform
 from softpool3d.engine.inputs import ClipNormalizer
-
-LOADERS = ("ours", "pytorchvideo-decord", "pytorchvideo-pyav")
 
 
 def write_videos(root: Path, count: int, frames: int, height: int, width: int, gop: int = 25, fps: int = 25) -> list[Path]:
@@ -304,33 +301,9 @@ def describe(paths: list[Path]) -> str:
     return f"{len(paths)} videos, first {width}x{height}, {info.info.num_frames} frames; {megabytes:.1f} MB"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos-dir", action="append", type=Path, default=[],
-                        help="a folder of videos (labels: parent folder names); repeat to compare folders")
-    parser.add_argument("--make-videos", type=Path, help="only write generated videos to this folder and exit")
-    parser.add_argument("--videos", type=int, default=24, help="generated videos")
-    parser.add_argument("--video-frames", type=int, default=96)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--gop", type=int, default=25, help="keyframe interval of generated videos")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--rate", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=160)
-    parser.add_argument("--scale", type=int, nargs=2, default=None, help="short-side range (default: crop, crop+32)")
-    parser.add_argument("--clips", type=int, default=48, help="clips timed per setting (after one warm-up batch)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
-    parser.add_argument("--repeat-aug", type=int, nargs="+", default=[1, 2], help="our loader's repeat_aug values")
-    parser.add_argument("--decoders", action="store_true", help="also time one clip's decode per decoder")
-    parser.add_argument("--interleaved", type=int, default=0, metavar="ITEMS",
-                        help="also measure ours (0 workers) and the decoders over ITEMS items, settings taking turns")
-    parser.add_argument("--only-interleaved", action="store_true", help="skip the DataLoader table")
-    parser.add_argument("--worker-ms", type=int, default=0, metavar="ITEMS",
-                        help="also measure a worker's CPU ms per clip (decode, transform; before/after uint8 clips)")
-    parser.add_argument("--only-worker-ms", action="store_true", help="only the --worker-ms table")
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.loader_main` parsed."""
     # The interleaved table runs first: pytorchvideo's decord path switches decord's bridge to torch in its process.
-    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_videos:
         write_videos(args.make_videos, args.videos, args.video_frames, args.height, args.width, args.gop)
@@ -359,7 +332,3 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only_interleaved:
             loader_tables(folders, args, options, transform)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

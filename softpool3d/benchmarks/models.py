@@ -140,15 +140,8 @@ def speed_table(device: str, batch: int, repeats: int, channels_last: bool) -> s
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["complexity", "speed"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--channels-last", action="store_true", help="run in torch.channels_last_3d")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.models_main` parsed."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "complexity":
@@ -156,4 +149,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(speed_table(args.device, args.batch, args.repeats, args.channels_last))
     return 0
-

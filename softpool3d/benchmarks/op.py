@@ -200,23 +200,10 @@ def markdown(results: list[Result], bandwidth_gbs: float | None = None) -> str:
     return "\n".join(rows)
 
 
-USAGE = """SoftPool kernel benchmark: ours vs the 5-op formula, avg_pool3d and max_pool3d, forward and
-forward+backward time and peak memory, as a markdown table per device (CPU, and CUDA when present).
-
-    python tools/bench_softpool.py
-    python tools/bench_softpool.py --device cpu --repeats 10
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method; the best is reported")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.op_main` parsed."""
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
-        if args.device == "cuda":
-            parser.error("--device cuda: no CUDA device is available")
         devices.remove("cuda")
     for name in devices:
         device = torch.device(name)
@@ -228,4 +215,3 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"device-to-device copy: {bandwidth:.0f} GB/s (the % columns are of it)\n\n")
         sys.stdout.write(markdown(benchmark(device, repeats=args.repeats), bandwidth) + "\n")
     return 0
-

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import sysconfig
 import tempfile
 from dataclasses import dataclass
@@ -165,14 +164,9 @@ def kernel_counts(functions: dict[str, list[tuple[int, str]]], dtype: str = "flo
     return dict(sorted(out.items()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csrc", type=Path, default=extension.CSRC, help="the csrc folder to compile")
-    parser.add_argument("--dtype", nargs="+", default=["float", "c10::BFloat16", "double"],
-                        help="element types of the kernels to count (C++ names)")
-    parser.add_argument("--index", nargs="+", default=["int"], help="index types of the kernels to count (int, long)")
-    args = parser.parse_args(argv)
-    functions = build_and_disassemble(args.csrc)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.sass_main` parsed."""
+    functions = build_and_disassemble(args.csrc or extension.CSRC)
     print("| kernel | element, index | total | prologue | div32 | calls | mufu | loops (instructions per element) |")
     print("|---|---|---|---|---|---|---|---|")
     for dtype in args.dtype:
@@ -181,7 +175,3 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {dtype}, {index} | {c.total} | {c.prologue} | {c.div32} | {c.calls} | {c.mufu} "
                       f"| {', '.join(map(str, c.loops))} |")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,8 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 from softpool3d.benchmarks.index import worker_private_mb
 from softpool3d.datasets import Annotations, ClipDataset, PathList, worker_context
 
-START_METHODS = ("fork", "forkserver", "spawn")
-
 
 class OneItemPerWorker(Dataset):
     """``workers`` items, each its worker's id; holds ``payload`` (pickled into each worker unless forked)."""
@@ -75,13 +73,8 @@ def measure(start_method: str, rows: int, workers: int, repeats: int) -> dict[st
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=300_000, help="paths in the training index")
-    parser.add_argument("--repeats", type=int, default=3, help="loaders timed after the first")
-    parser.add_argument("--methods", nargs="+", choices=START_METHODS, default=list(START_METHODS))
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the command line :func:`softpool3d.benchmarks.cli.workers_main` parsed."""
     print(f"| start method | first loader, {args.workers} workers (s) | later loaders (s) | worker private MB: no data "
           f"| + index of {args.rows:,} rows | + index, frozen |")
     print("|---|---|---|---|---|---|")

@@ -204,7 +204,8 @@ def test_test_views_are_deterministic_and_indexed_by_video(demo_root):
 @pytest.mark.parametrize("train", [True, False])
 def test_clips_leave_the_loader_as_uint8(demo_root, train):
     dataset = build_dataset("ucf101", demo_root, "train" if train else "test", train=train, **CLIP)
-    clips, labels, videos = next(iter(DataLoader(dataset, batch_size=4, num_workers=2)))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=worker_context())
+    clips, labels, videos = next(iter(loader))
     assert clips.dtype == torch.uint8 and clips.shape == (4, 3, 4, 48, 48)
     assert torch.equal(labels, torch.tensor([dataset.labels[int(v)] for v in videos]))
 

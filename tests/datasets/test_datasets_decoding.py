@@ -196,7 +196,8 @@ def test_small_videos_decord_misreads_load_through_pyav_in_every_split(tmp_path)
             indices = [0, 2, 4, 6] if train else uniform_clips(len(reference), 4, 2, 1)[0]
             assert label == exact.labels[video] and np.array_equal(clip.permute(1, 2, 3, 0).numpy(), reference[indices])
         loaded = build_dataset("custom", root, split, train=train, **options)
-        clips, labels, _ = next(iter(DataLoader(loaded, batch_size=4, num_workers=1)))
+        clips, labels, _ = next(iter(DataLoader(loaded, batch_size=4, num_workers=1,
+                                                multiprocessing_context=worker_context())))
         assert clips.shape == (4, 3, 4, 16, 16) and labels.tolist() == [0, 1, 2, 3] and loaded.skipped_files() == []
 
 

@@ -1,6 +1,7 @@
 """softpool3d-export: ONNX in standard ops only, with the checkpoint's classes and input facts in its
 metadata, matching PyTorch in onnxruntime (also at inputs scaled by 30, where only a per-window
-max shift stays finite) at another batch size than traced; the .pt2 program in a fresh process."""
+max shift stays finite) at another batch size than traced; the .pt2 program in a fresh process; an
+export whose logits differ from PyTorch's beyond the tolerance exits 1, naming the difference."""
 import json
 import logging
 import subprocess
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from softpool3d.engine import cli
-from softpool3d.engine.export import example_clips
+from softpool3d.engine import cli, export
+from softpool3d.engine.export import check_pt2, example_clips
 from softpool3d.engine.predict import Recognizer
 
 onnx = pytest.importorskip("onnx")
@@ -82,3 +83,29 @@ def test_unknown_format_and_missing_checkpoint_are_user_errors(tmp_path, caplog)
     assert cli.export_main([str(tmp_path / "none.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(messages) == 1 and "none.pt" in messages[0]
+
+
+def test_export_differing_from_pytorch_beyond_the_tolerance_exits_1_naming_the_difference(
+        make_checkpoint, tmp_path, caplog, monkeypatch):
+    """The PyTorch model is changed after writing the program (class 0's bias + 1), so the exported logits
+    differ from the model's by exactly 1 in column 0: relative difference 1 / max |logits|."""
+    checkpoint = make_checkpoint("r3d_18", CLASSES, "model.width=4")
+    path = tmp_path / "model.pt2"
+    seen = {}
+
+    def check_after_changing_the_model(recognizer, program_path, clips):
+        classifier = [m for m in recognizer.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            classifier.bias[0] += 1.0
+            seen["logits"] = recognizer.model(clips).numpy()
+        return check_pt2(recognizer, program_path, clips)
+
+    monkeypatch.setattr(export, "check_pt2", check_after_changing_the_model)
+    with caplog.at_level(logging.INFO):
+        assert cli.export_main([str(checkpoint), "--format", "pt2", "--out", str(path)]) == 1
+    expected = 1.0 / np.abs(seen["logits"]).max()
+    assert expected > export.TOLERANCE
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(path) in errors[0] and "tolerance 1e-04" in errors[0], errors
+    logged = float(errors[0].split("difference ")[1].split(",")[0])
+    assert logged == pytest.approx(expected, rel=1e-2)

@@ -135,6 +135,14 @@ def test_params_and_macs_match_published_figures(name):
     assert result.macs / 1e9 == pytest.approx(info.gmacs, rel=0.01)
 
 
+def test_srtg_complexity_counts_every_parameter_of_the_built_model():
+    """Counting runs SRTG's gated LSTM on the meta device, where autocast does not exist."""
+    result = count_complexity("srtg_r3d_34")
+    built = build_model("srtg_r3d_34", 400)
+    assert result.params == sum(p.numel() for p in built.parameters())
+    assert result.macs > 0
+
+
 def _pool_kind(module):
     """The kind of ``module`` if it is a pooling layer (switched by ``pool`` or not), else None."""
     if isinstance(module, GlobalPool3d):
