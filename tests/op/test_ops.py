@@ -213,17 +213,17 @@ def test_modules_match_functional_forms():
     torch.testing.assert_close(softpool3d.SoftPool1d(3, 2)(x[:, :, 0, 0]), softpool3d.soft_pool1d(x[:, :, 0, 0], 3, 2))
 
 
-@pytest.mark.slow
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("pools,shape", [
+    pytest.param(lambda: (softpool3d.SoftPool3d(2), softpool3d.SoftPool3d((2, 4, 4), stride=1)), (2, 3, 4, 8, 8),
+                 marks=pytest.mark.slow, id="soft_pool3d"),
+    pytest.param(lambda: (softpool3d.SoftAdaptivePool3d((3, None, 5)), softpool3d.SoftAdaptivePool3d(1)),
+                 (2, 3, 4, 7, 9), marks=pytest.mark.slow, id="soft_adaptive_pool3d"),
+])
+def test_torch_compile_fullgraph_matches_eager(pools, shape):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv3d(3, 4, 3, padding=1),
-        softpool3d.SoftPool3d(2),
-        torch.nn.ReLU(),
-        softpool3d.SoftPool3d((2, 4, 4), stride=1),
-        torch.nn.Flatten(),
-    )
-    x = sample((2, 3, 4, 8, 8))
+    first, second = pools()
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3, padding=1), first, torch.nn.ReLU(), second, torch.nn.Flatten())
+    x = sample(shape)
     compiled = torch.compile(model, fullgraph=True)
     eager_out = model(x)
     eager_out.sum().backward()
