@@ -32,12 +32,13 @@ class EpochIndexed(Dataset):
         return self.dataset[index]
 
 
-def run_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device,
-               drop_last: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
-    """A DataLoader with persistent workers (when ``num_workers > 0``), memory pinned when
-    ``device`` is a GPU, workers started by :func:`~softpool3d.datasets.worker_context` (a fork
-    server: forking a parent that PyAV made multi-threaded can deadlock) and
-    :func:`~softpool3d.datasets.freeze_inherited_objects` in each worker."""
+def run_loader(dataset: Dataset, sampler: Optional[Sampler], batch_size: Optional[int], num_workers: int,
+               device: torch.device, drop_last: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
+    """A DataLoader (``sampler`` None: the items in order; ``batch_size`` None: one item at a time) with
+    persistent workers (when ``num_workers > 0``), memory pinned when ``device`` is a GPU, workers
+    started by :func:`~softpool3d.datasets.worker_context` (a fork server: forking a parent that PyAV
+    made multi-threaded can deadlock) and :func:`~softpool3d.datasets.freeze_inherited_objects` in
+    each worker. The one way the engine (training, evaluation, prediction) builds its loaders."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda", generator=generator, persistent_workers=num_workers > 0,
                       worker_init_fn=freeze_inherited_objects,

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from softpool3d.datasets import ClipDataset, OpenVideo, VideoReadError, freeze_inherited_objects, worker_context
+from softpool3d.datasets import ClipDataset, OpenVideo, VideoReadError
 from softpool3d.datasets.annotations import VIDEO_EXTENSIONS
 from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.engine import builders
@@ -41,6 +41,7 @@ from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
 from softpool3d.engine.config import ConfigError, from_container
 from softpool3d.engine.evaluate import forward_views
 from softpool3d.engine.inputs import ClipNormalizer
+from softpool3d.engine.loaders import run_loader
 
 logger = logging.getLogger(__name__)
 
@@ -276,9 +277,8 @@ class Recognizer:
         if not units:
             return results
         clips = builders.build_test_clips(self.cfg, [v.path for v in videos], self.classes, num_clips, num_crops)
-        loader = DataLoader(_UnitViews(clips, units), batch_size=batch_size or int(data.test_batch_size),
-                            num_workers=workers, worker_init_fn=freeze_inherited_objects,
-                            multiprocessing_context=worker_context() if workers else None)
+        loader = run_loader(_UnitViews(clips, units), None, batch_size or int(data.test_batch_size), workers,
+                            self.device)
         sums = torch.zeros(len(units), len(self.classes), dtype=torch.float64)
         counts = torch.zeros(len(units), dtype=torch.float64)
         feature_sums: Optional[torch.Tensor] = None
@@ -315,10 +315,7 @@ class Recognizer:
     def _units(self, videos: Sequence[VideoInput], results: list[Prediction], window: Optional[float],
                stride: Optional[float], workers: int) -> list[_Unit]:
         """Probe every video (frame count, fps) and split the readable ones into units (windows, or whole)."""
-        probe_workers = min(workers, len(videos))
-        probe = DataLoader(_Probe([v.path for v in videos]), batch_size=None, num_workers=probe_workers,
-                           worker_init_fn=freeze_inherited_objects,
-                           multiprocessing_context=worker_context() if probe_workers else None)
+        probe = run_loader(_Probe([v.path for v in videos]), None, None, min(workers, len(videos)), self.device)
         units: list[_Unit] = []
         for index, (num_frames, fps, error) in enumerate(probe):
             result = results[index]
