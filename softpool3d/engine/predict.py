@@ -38,8 +38,8 @@ from softpool3d.datasets.annotations import VIDEO_EXTENSIONS
 from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
-from softpool3d.engine.config import ConfigError, from_container
-from softpool3d.engine.evaluate import forward_views
+from softpool3d.engine.config import ConfigError
+from softpool3d.engine.evaluate import evaluation_config, forward_views
 from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import run_loader
 
@@ -210,10 +210,11 @@ class Recognizer:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
                         overrides: Sequence[str] = ()) -> "Recognizer":
-        """The model of checkpoint ``path`` (its config with ``overrides``, e.g. ``data.num_clips=1``) on
-        ``device`` (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``."""
+        """The model of checkpoint ``path`` (its config with ``overrides``, e.g. ``data.num_clips=1``, read as
+        ``softpool3d-test`` reads it: :func:`~softpool3d.engine.evaluate.evaluation_config`) on ``device``
+        (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``."""
         state = load_checkpoint(path)
-        cfg = from_container(state["config"], overrides, source=f"config stored in {path}")
+        cfg = evaluation_config(state["config"], overrides, path)
         device = default_device() if device is None else torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device} was asked for, but torch sees no CUDA device")
@@ -389,20 +390,26 @@ def format_table(predictions: Sequence[Prediction], classes: Sequence[str], top_
     return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}" for row in rows) + "\n"
 
 
+def output_format(path: str | os.PathLike) -> str:
+    """The format ``--out`` names by its extension, one of :data:`OUTPUT_FORMATS`; else ``ConfigError``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ConfigError(f"--out {path}: the format is chosen by the extension, one of {', '.join(OUTPUT_FORMATS)}")
+    return suffix
+
+
 def write_output(path: Path, checkpoint: str, classes: Sequence[str], predictions: Sequence[Prediction],
                  top_k: int) -> None:
     """Write ``predictions`` to ``path`` (atomically) as ``.json`` (``{"checkpoint", "classes", "videos"}``),
     ``.jsonl`` (one video's record a line) or ``.csv`` (one row per video and per window)."""
     records = [prediction.record(classes, top_k) for prediction in predictions]
-    suffix = path.suffix.lower()
+    suffix = output_format(path)
     if suffix == ".json":
         text = json.dumps({"checkpoint": checkpoint, "classes": list(classes), "videos": records}, indent=2) + "\n"
     elif suffix == ".jsonl":
         text = "".join(json.dumps(record) + "\n" for record in records)
-    elif suffix == ".csv":
-        text = _csv_text(records, top_k)
     else:
-        raise ConfigError(f"--out {path}: the format is chosen by the extension, one of {', '.join(OUTPUT_FORMATS)}")
+        text = _csv_text(records, top_k)
     with atomic_writer(path) as out:
         out.write(text.encode("utf-8"))
 
@@ -501,8 +508,8 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
                 overrides: Sequence[str] = ()) -> int:
     """``softpool3d-predict``: the table on stdout, and ``out`` / ``features_dir`` / ``render_dir`` if given.
     Returns 1 when some video could not be decoded (each named in a warning), else 0."""
-    if out is not None and Path(out).suffix.lower() not in OUTPUT_FORMATS:
-        raise ConfigError(f"--out {out}: the format is chosen by the extension, one of {', '.join(OUTPUT_FORMATS)}")
+    if out is not None:
+        output_format(out)  # before any work
     if stride is not None and window is None:
         raise ConfigError("--stride needs --window")
     for name, value in (("--top-k", top_k), ("--clips", num_clips), ("--batch-size", batch_size),
