@@ -11,11 +11,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from softpool3d.engine.checkpoint import has_digest, load_checkpoint, model_weights
-from softpool3d.engine.config import ConfigError
-from softpool3d.engine.config import run_dir
 from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
+from softpool3d.engine.checkpoint import has_digest, load_checkpoint
+from softpool3d.engine.config import ConfigError
+from softpool3d.engine.config import run_dir
+from softpool3d.engine.training_state import model_weights
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 

@@ -127,7 +127,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.evaluate import run_test
+        from softpool3d.engine.test_command import run_test
 
         run_test(args.checkpoint, args.overrides, args.out)
         return 0

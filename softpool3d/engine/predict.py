@@ -30,12 +30,13 @@ from tqdm import tqdm
 
 from softpool3d.datasets import ClipDataset, OpenVideo, VideoReadError
 from softpool3d.engine import builders
-from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
+from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import ConfigError
-from softpool3d.engine.evaluate import evaluation_config, forward_views
+from softpool3d.engine.evaluate import forward_views
 from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import run_loader
 from softpool3d.engine.prediction_outputs import Prediction, WindowPrediction
+from softpool3d.engine.trained_model import evaluation_config, trained_model
 from softpool3d.engine.video_inputs import VideoInput, collect_videos
 from softpool3d.engine.windows import ViewUnit, window_units
 
@@ -105,16 +106,14 @@ class Recognizer:
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
                         overrides: Sequence[str] = ()) -> "Recognizer":
         """The model of checkpoint ``path`` (its config with ``overrides``, e.g. ``data.num_clips=1``, read as
-        ``softpool3d-test`` reads it: :func:`~softpool3d.engine.evaluate.evaluation_config`) on ``device``
+        ``softpool3d-test`` reads it: :func:`~softpool3d.engine.trained_model.evaluation_config`) on ``device``
         (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``."""
         state = load_checkpoint(path)
         cfg = evaluation_config(state["config"], overrides, path)
         device = default_device() if device is None else torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device} was asked for, but torch sees no CUDA device")
-        model = builders.build_architecture(cfg, len(state["classes"]))
-        load_model_state(model, state, path)
-        return cls(model, cfg, state["classes"], device, str(path))
+        return cls(trained_model(cfg, state, path), cfg, state["classes"], device, str(path))
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

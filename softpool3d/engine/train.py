@@ -29,14 +29,7 @@ from tqdm import tqdm
 
 from softpool3d.engine import backends, builders
 from softpool3d.engine.callbacks import StepCallback, StepContext, debug_callbacks
-from softpool3d.engine.checkpoint import (
-    Progress,
-    load_checkpoint,
-    restore_training,
-    rng_state,
-    save_checkpoint,
-    training_checkpoint,
-)
+from softpool3d.engine.checkpoint import load_checkpoint, save_checkpoint
 from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
 from softpool3d.engine.distributed import (
     DistInfo,
@@ -46,7 +39,7 @@ from softpool3d.engine.distributed import (
     init_distributed,
     restart_count,
 )
-from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out, test_model
+from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, count_nonfinite, nonfinite_training_state
@@ -57,6 +50,8 @@ from softpool3d.engine.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.summary import log_startup_summary, split_label
 from softpool3d.engine.switches import TrainingSwitches
 from softpool3d.engine.tensorboard_log import TensorBoardLog
+from softpool3d.engine.testing import test_model
+from softpool3d.engine.training_state import Progress, restore_training, rng_state, training_checkpoint
 
 logger = logging.getLogger(__name__)
 
