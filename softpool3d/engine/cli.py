@@ -90,7 +90,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
-        from softpool3d.engine.summary import split_label
+        from softpool3d.engine.splits import split_label
         from softpool3d.engine.train import train
 
         cfg = load_config(args.config, args.overrides)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.engine import builders
+from softpool3d.engine.amp import autocast
 from softpool3d.engine.distributed import DistInfo, all_reduce_sum
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import run_loader
@@ -79,7 +79,7 @@ def forward_views(model: nn.Module, clips: torch.Tensor, device: torch.device, a
     normalized there (:func:`~softpool3d.engine.inputs.model_inputs`, as in training), then the
     model under ``amp``'s autocast. The one way evaluation, the test and inference run the model."""
     inputs = model_inputs(clips, device, normalizer)
-    with builders.autocast(device, amp):
+    with autocast(device, amp):
         return model(inputs)
 
 

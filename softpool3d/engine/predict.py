@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from softpool3d.datasets import ClipDataset, OpenVideo, VideoReadError
 from softpool3d.engine import builders
+from softpool3d.engine.amp import resolve_amp
 from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.evaluate import forward_views
-from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import run_loader
 from softpool3d.engine.prediction_outputs import Prediction, WindowPrediction
 from softpool3d.engine.trained_model import evaluation_config, trained_model
@@ -98,8 +98,8 @@ class Recognizer:
         self.cfg = cfg
         self.classes = list(classes)
         self.device = device
-        self.amp = builders.resolve_amp(cfg.train.amp, device)[0]
-        self.normalizer = ClipNormalizer.from_config(cfg)
+        self.amp = resolve_amp(cfg.train.amp, device)[0]
+        self.normalizer = builders.build_normalizer(cfg)
         self.checkpoint = checkpoint
 
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from softpool3d.engine import builders
+from softpool3d.engine.amp import precision_name, resolve_amp, slow_bf16_warning
 from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import ConfigError, check_runnable
 from softpool3d.engine.distributed import cleanup, init_distributed
@@ -51,13 +52,15 @@ def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str |
                               f"{', '.join(dataset.classes[:5])}, ...) differ from those checkpoint {checkpoint} was "
                               f"trained on ({len(state['classes'])}: {', '.join(state['classes'][:5])}, ...)")
         model = trained_model(cfg, state, checkpoint).to(dist_info.device)
-        amp, reason = builders.resolve_amp(cfg.train.amp, dist_info.device)
-        warning = builders.slow_bf16_warning(cfg.train.amp, dist_info.device)
+        amp, reason = resolve_amp(cfg.train.amp, dist_info.device)
+        warning = slow_bf16_warning(cfg.train.amp, dist_info.device)
         if dist_info.is_main:
             logger.info("%s: %d videos x %d views on %s, precision %s (%s)", checkpoint, dataset.num_videos,
-                        dataset.num_views, dist_info.device, builders.precision_name(amp), reason)
+                        dataset.num_views, dist_info.device, precision_name(amp), reason)
             if warning is not None:
                 logger.warning("%s", warning)
-        return test_model(model, dataset, cfg, dist_info, amp, directory, f"test (split '{cfg.data.test_split}')")
+        return test_model(model, dataset, dist_info, amp, builders.build_normalizer(cfg), directory,
+                          f"test (split '{cfg.data.test_split}')", batch_size=cfg.data.test_batch_size,
+                          num_workers=cfg.data.num_workers, max_bad_fraction=cfg.data.max_bad_fraction)
     finally:
         cleanup()

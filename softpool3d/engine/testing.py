@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -58,15 +57,15 @@ def write_predictions(result: EvalResult, directory: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
-def test_model(model: nn.Module, dataset: Dataset, cfg: DictConfig, dist_info: DistInfo, amp: str, directory: Path,
-               label: str, already_reported: Optional[set[str]] = None) -> EvalResult:
+def test_model(model: nn.Module, dataset: Dataset, dist_info: DistInfo, amp: str, normalizer: ClipNormalizer,
+               directory: Path, label: str, *, batch_size: int, num_workers: int, max_bad_fraction: float,
+               already_reported: Optional[set[str]] = None) -> EvalResult:
     """The test of a model, at the end of training and in ``tools/test.py``: :func:`evaluate` every view
     of ``dataset`` (``data.test_batch_size``, ``data.num_workers``, ``data.max_bad_fraction``); rank 0
     then reports the videos left out, writes :func:`write_predictions` into ``directory`` and logs the
     metrics under ``label`` (e.g. ``"test (split 'test')"``)."""
-    result = evaluate(model, dataset, dist_info, cfg.data.test_batch_size, cfg.data.num_workers, amp,
-                      progress=True, max_bad_fraction=cfg.data.max_bad_fraction,
-                      normalizer=ClipNormalizer.from_config(cfg))
+    result = evaluate(model, dataset, dist_info, batch_size, num_workers, amp, progress=True,
+                      max_bad_fraction=max_bad_fraction, normalizer=normalizer)
     if dist_info.is_main:
         report_left_out(result, label, already_reported)
         csv_path, json_path = write_predictions(result, directory)
