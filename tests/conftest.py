@@ -38,7 +38,8 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from softpool3d.engine import builders
-    from softpool3d.engine.checkpoint import Progress, rng_state, save_checkpoint, training_checkpoint
+    from softpool3d.engine.checkpoint import save_checkpoint
+    from softpool3d.engine.training_state import Progress, rng_state, training_checkpoint
     from softpool3d.engine.config import load_config, to_container
 
     folder = tmp_path_factory.mktemp("checkpoints")

@@ -228,7 +228,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    from softpool3d.datasets.synthetic_layout import write_kinetics_layout
+    from softpool3d.benchmarks.synthetic_layout import write_kinetics_layout
 
     root = Path(args.root)
     marker = root / f".complete-{args.train}-{args.val}-{args.test}-{args.missing}"

@@ -1,21 +1,38 @@
-"""Datasets, models and autocast contexts built from a run config (the one place that maps config to objects)."""
+"""The one place that maps a run config to objects: datasets, the model, the normalizer, and for
+training the optimizer, schedule, samplers, loaders, switches and the loop's settings.
+
+Everything past this module receives objects: the trainer (:mod:`softpool3d.engine.train`) is
+handed :class:`TrainingParts` and :class:`LoopSettings` and reads no config key.
+"""
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils.data import DataLoader
 
-from softpool3d.engine.checkpoint import has_digest, load_checkpoint, model_weights
-from softpool3d.engine.config import ConfigError
-from softpool3d.engine.config import run_dir
 from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
+from softpool3d.engine import backends
+from softpool3d.engine.amp import resolve_amp
+from softpool3d.engine.checkpoint import has_digest, load_checkpoint
+from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
+from softpool3d.engine.distributed import DistInfo, barrier
+from softpool3d.engine.evaluate import evaluation_loader
+from softpool3d.engine.inputs import ClipNormalizer
+from softpool3d.engine.loaders import EpochIndexed, run_loader
+from softpool3d.engine.nonfinite import NonFiniteGuard
+from softpool3d.engine.optim import build_optimizer as optimizer_of
+from softpool3d.engine.optim import build_scheduler as schedule_of
+from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
+from softpool3d.engine.splits import split_label
+from softpool3d.engine.switches import TrainingSwitches
+from softpool3d.engine.training_state import model_weights
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 
@@ -78,13 +95,19 @@ def build_test_clips(cfg: DictConfig, videos: Sequence[str | Path], classes: Seq
     return ClipDataset(annotations, train=False, **clip_options(cfg, False, num_clips, num_crops))
 
 
+def model_keywords(cfg: DictConfig) -> dict[str, Any]:
+    """The ``model`` section as the keywords of the model registry's builders: ``pool``, and ``width``
+    when set (``None`` keeps the network's own)."""
+    keywords = {"pool": cfg.model.pool}
+    if cfg.model.width is not None:
+        keywords["width"] = cfg.model.width
+    return keywords
+
+
 def build_architecture(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The ``model`` section's network with a ``num_classes``-way head, freshly initialized (evaluation
     then loads a checkpoint's weights into it)."""
-    kwargs = {"dropout": cfg.model.dropout}
-    if cfg.model.width is not None:
-        kwargs["width"] = cfg.model.width
-    return build_network(cfg.model.name, num_classes, pool=cfg.model.pool, **kwargs)
+    return build_network(cfg.model.name, num_classes, dropout=cfg.model.dropout, **model_keywords(cfg))
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
@@ -107,56 +130,138 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     return model
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), from torch's CPU probes or,
-    failing those, the ``amx_bf16``/``avx512_bf16`` flags of ``/proc/cpuinfo``."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if all(callable(probe) for probe in probes):
-        return any(probe() for probe in probes)
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def build_normalizer(cfg: DictConfig) -> ClipNormalizer:
+    """The normalizer of ``data.mean`` and ``data.std``."""
+    return ClipNormalizer(cfg.data.mean, cfg.data.std)
 
 
-def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
-    """The precision ``train.amp`` gives on ``device``, and why: ``("bf16" | "fp16" | "none", reason)``.
-
-    ``auto`` is bf16 on a CUDA GPU with native bf16 (compute capability 8.0 or newer: A100, H100,
-    ...) and on a CPU with native bf16 (AMX or AVX512-BF16), float32 (``none``) otherwise: a V100
-    or T4 only emulates bf16, and on an AVX2-only CPU torch's bf16 3D convolutions run 20-40x
-    slower than float32. An explicit value is kept.
-    """
-    if amp != "auto":
-        return amp, f"train.amp={amp}"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return "bf16", "train.amp=auto: this GPU has native bf16"
-        return "none", "train.amp=auto: float32, since this GPU has no native bf16 (compute capability below 8.0)"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16", "train.amp=auto: this CPU has native bf16 (AMX or AVX512-BF16)"
-    return "none", f"train.amp=auto: float32, since this {device.type.upper()} has no native bf16 (AMX or AVX512-BF16)"
+def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    """The ``optim`` section's optimizer (``name``, ``lr``, ``weight_decay``, ``momentum``, ``nesterov``,
+    ``betas``) over ``model``'s trainable parameters."""
+    optim = cfg.optim
+    return optimizer_of(model, optim.name, optim.lr, optim.weight_decay, optim.momentum, optim.nesterov,
+                        tuple(optim.betas))
 
 
-def slow_bf16_warning(amp: str, device: torch.device) -> str | None:
-    """The warning for an explicit ``train.amp=bf16`` on a CPU without native bf16, else None."""
-    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        return ("train.amp=bf16 on a CPU without native bf16 (no AMX or AVX512-BF16): bf16 3D convolutions run "
-                "20-40x slower than float32 here; train.amp=auto or none runs in float32")
-    return None
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int) -> Any:
+    """The per-step warm-up and cosine schedule of the ``optim`` section over ``train.epochs``."""
+    optim = cfg.optim
+    return schedule_of(optimizer, optim.lr, steps_per_epoch, cfg.train.epochs, optim.warmup_epochs,
+                       optim.warmup_start_factor, optim.min_lr)
 
 
-def precision_name(amp: str) -> str:
-    """``"bf16"``, ``"fp16"`` or ``"float32"`` for a resolved ``amp``."""
-    return "float32" if amp == "none" else amp
+def build_train_sampler(cfg: DictConfig, dataset: Any, dist_info: DistInfo) -> ResumableDistributedSampler:
+    """``data.sampler`` over ``dataset`` (whose ``labels`` are the training list's) for this rank,
+    seeded with ``train.seed``, dropping the last uneven share."""
+    options = dict(num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=cfg.train.seed,
+                   drop_last=True)
+    if cfg.data.sampler == "class_balanced":
+        return ClassBalancedSampler(dataset, dataset.labels, **options)
+    return ResumableDistributedSampler(dataset, **options)
 
 
-def autocast(device: torch.device, amp: str) -> ContextManager:
-    """Mixed precision for ``amp`` in {"auto", "none", "bf16", "fp16"} on ``device`` (``auto``: :func:`resolve_amp`)."""
-    amp = resolve_amp(amp, device)[0]
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the training loop reads of a run config, read once."""
+
+    epochs: int
+    accumulate: int
+    batch_size: int  # per process and micro-batch, in videos
+    repeats: int  # data.repeat_aug: clips per video in a batch
+    seed: int
+    grad_clip: float
+    nonfinite: str  # "stop" or "skip"
+    val_every: int
+    checkpoint_every_steps: int
+    eval_batch_size: int
+    num_workers: int
+    max_bad_fraction: float
+    resume: str  # "", "auto" or a checkpoint path
+    data_root: str
+    val_label: str  # the validation's and the test's names in logs (summary.split_label)
+    test_label: str
+    config: dict  # the plain-dict config that checkpoints store
+
+
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    """The :class:`LoopSettings` of ``cfg``."""
+    train, data = cfg.train, cfg.data
+    return LoopSettings(
+        epochs=train.epochs, accumulate=train.accumulate, batch_size=data.batch_size, repeats=data.repeat_aug,
+        seed=train.seed, grad_clip=train.grad_clip, nonfinite=train.nonfinite, val_every=train.val_every,
+        checkpoint_every_steps=train.checkpoint_every_steps, eval_batch_size=data.test_batch_size,
+        num_workers=data.num_workers, max_bad_fraction=data.max_bad_fraction, resume=cfg.resume or "",
+        data_root=str(data.root), val_label=split_label(cfg, "val"), test_label=split_label(cfg, "test"),
+        config=to_container(cfg),
+    )
+
+
+@dataclass
+class TrainingParts:
+    """What a training run is built of, for the trainer: data, model, optimization, switches."""
+
+    run_dir: Path
+    train_set: ClipDataset
+    val_set: ClipDataset
+    test_set: Optional[ClipDataset]  # None without train.test_after_train
+    classes: list[str]
+    model: nn.Module
+    memory_format: torch.memory_format
+    amp: str  # resolved: "bf16", "fp16" or "none"
+    amp_reason: str
+    normalizer: ClipNormalizer
+    sampler: ResumableDistributedSampler
+    loader: DataLoader
+    generator: torch.Generator  # the loader's, reseeded each epoch
+    val_loader: DataLoader
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    switches: TrainingSwitches
+    guard: NonFiniteGuard
+
+
+def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
+    """Everything a run trains with, in the order that draws the run's random numbers: the demo data
+    (rank 0, with ``config.yaml``), the datasets, the model (``model.pretrained``, ``freeze_stages``,
+    ``train.channels_last``), the sampler and loaders, the optimizer and schedule, the grad scaler
+    (``train.amp=fp16``), the switches and the non-finite guard. Call it after seeding."""
+    directory = run_dir(cfg)
+    set_threads(cfg)
+    if dist_info.is_main:
+        prepare_data(cfg)
+        save_config(cfg, directory / "config.yaml")
+    barrier()
+    data, train = cfg.data, cfg.train
+    train_set = build_dataset(cfg, data.train_split, train=True)
+    val_set = build_dataset(cfg, data.val_split, train=False)
+    test_set = (build_dataset(cfg, data.test_split, train=False, num_clips=data.num_clips, num_crops=data.num_crops)
+                if train.test_after_train else None)
+    amp, amp_reason = resolve_amp(train.amp, dist_info.device)
+    normalizer = build_normalizer(cfg)
+    classes = list(train_set.classes)
+    memory_format = backends.memory_format(train.channels_last)
+    model = build_model(cfg, len(classes)).to(dist_info.device, memory_format=memory_format)
+    backends.check_deterministic_model(model, dist_info.device, train.deterministic)
+    sampler = build_train_sampler(cfg, train_set, dist_info)
+    generator = torch.Generator()
+    loader = run_loader(EpochIndexed(train_set), sampler, data.batch_size, data.num_workers, dist_info.device,
+                        drop_last=True, generator=generator)
+    val_loader = evaluation_loader(val_set, dist_info, data.test_batch_size, data.num_workers)
+    steps_per_epoch = sampler.num_samples // data.batch_size // train.accumulate
+    if train.limit_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, train.limit_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{len(train_set)} training clips over {dist_info.world_size} processes do not fill one step of "
+            f"data.batch_size={data.batch_size} x train.accumulate={train.accumulate}"
+        )
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(dist_info.device.type) if train.amp == "fp16" else None
+    switches = TrainingSwitches(cfg, model, train_set, dist_info, len(classes), normalizer)
+    guard = NonFiniteGuard(train.nonfinite, train.max_consecutive_skips)
+    return TrainingParts(directory, train_set, val_set, test_set, classes, model, memory_format, amp, amp_reason,
+                         normalizer, sampler, loader, generator, val_loader, steps_per_epoch, optimizer, scheduler,
+                         scaler, switches, guard)

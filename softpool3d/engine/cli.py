@@ -90,7 +90,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
-        from softpool3d.engine.summary import split_label
+        from softpool3d.engine.splits import split_label
         from softpool3d.engine.train import train
 
         cfg = load_config(args.config, args.overrides)
@@ -127,7 +127,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.evaluate import run_test
+        from softpool3d.engine.test_command import run_test
 
         run_test(args.checkpoint, args.overrides, args.out)
         return 0
@@ -167,7 +167,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.predict import run_predict
+        from softpool3d.engine.predict_command import run_predict
 
         return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,
                            num_crops=args.crops, window=args.window, stride=args.stride, out=args.out,

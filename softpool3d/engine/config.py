@@ -127,7 +127,7 @@ class TrainConfig:
     """The training loop.
 
     ``amp``: auto | none | bf16 | fp16 (with a grad scaler); ``auto`` is bf16 on GPUs and CPUs
-    with native bf16 (compute capability >= 8.0; AMX, AVX512-BF16), float32 otherwise (see ``builders.resolve_amp``). ``grad_clip``: max gradient norm (0: off).
+    with native bf16 (compute capability >= 8.0; AMX, AVX512-BF16), float32 otherwise (see ``amp.resolve_amp``). ``grad_clip``: max gradient norm (0: off).
     ``accumulate``: micro-batches per optimizer step. ``checkpoint_every_steps``: also write
     ``last`` mid-epoch (0: at epoch ends only). ``nonfinite``: stop | skip a step whose loss or
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).

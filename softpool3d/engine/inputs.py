@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from omegaconf import DictConfig
 
 
 class ClipNormalizer:
@@ -30,11 +29,6 @@ class ClipNormalizer:
             raise ValueError(f"mean and std must be three values (R, G, B) with std > 0, got mean={mean}, std={std}")
         self.mean, self.std = tuple(mean), tuple(std)
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> ClipNormalizer:
-        """The normalizer of a run config's ``data.mean`` and ``data.std``."""
-        return cls(cfg.data.mean, cfg.data.std)
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean`` and ``std`` as ``(3, 1, 1, 1)`` float32 tensors on ``device``, copied there once."""

@@ -5,7 +5,6 @@ import math
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -20,22 +19,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _sgd(groups: list[dict], cfg: DictConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+def _sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
-def _adamw(groups: list[dict], cfg: DictConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+def _adamw(groups: list[dict], lr: float, momentum: float, nesterov: bool,
+           betas: tuple[float, float]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
-OPTIMIZERS: dict[str, Callable[[list[dict], DictConfig], torch.optim.Optimizer]] = {"sgd": _sgd, "adamw": _adamw}
-"""The values of ``optim.name``: name -> builder from parameter groups and the ``optim`` section."""
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adamw": _adamw}
+"""The values of ``optim.name``: name -> builder from parameter groups, ``lr``, ``momentum``, ``nesterov``
+and ``betas`` (SGD ignores ``betas``, AdamW ``momentum`` and ``nesterov``)."""
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """``cfg`` is the ``optim`` section: ``name`` (one of :data:`OPTIMIZERS`), ``lr``, ``momentum``,
-    ``nesterov``, ``betas``, ``weight_decay``."""
-    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay), cfg)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """Optimizer ``name`` (one of :data:`OPTIMIZERS`) over :func:`param_groups` of ``model``."""
+    return OPTIMIZERS[name](param_groups(model, weight_decay), lr, momentum, nesterov, betas)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start_factor: float, min_factor: float) -> float:
@@ -47,13 +48,15 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start_factor: 
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int, epochs: int) -> LambdaLR:
-    """Per-step cosine schedule with linear warm-up of ``cfg.warmup_epochs`` epochs, ending at ``cfg.min_lr``."""
+def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, steps_per_epoch: int, epochs: int,
+                    warmup_epochs: float, warmup_start_factor: float, min_lr: float) -> LambdaLR:
+    """Per-step cosine schedule of base ``lr`` with linear warm-up of ``warmup_epochs`` epochs from
+    ``warmup_start_factor x lr``, ending at ``min_lr`` after ``epochs``."""
     total = steps_per_epoch * epochs
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    min_factor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    warmup = round(warmup_epochs * steps_per_epoch)
+    min_factor = min_lr / lr if lr > 0 else 0.0
 
     def factor(step: int) -> float:
-        return warmup_cosine(step, total, warmup, cfg.warmup_start_factor, min_factor)
+        return warmup_cosine(step, total, warmup, warmup_start_factor, min_factor)
 
     return LambdaLR(optimizer, factor)

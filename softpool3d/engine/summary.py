@@ -1,4 +1,4 @@
-"""What a run is about to do, logged at rank 0 before its first step, and which split each final figure comes from."""
+"""What a run is about to do, logged at rank 0 before its first step."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +9,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from softpool3d.engine.builders import precision_name, slow_bf16_warning
+from softpool3d.engine.amp import precision_name, slow_bf16_warning
+from softpool3d.engine.builders import model_keywords
 from softpool3d.engine.distributed import DistInfo
+from softpool3d.engine.splits import split_label
 from softpool3d.models import TorchvisionVideoModel
 from softpool3d.models.complexity import count_complexity
 
@@ -41,21 +43,13 @@ class _Deadline(TorchDispatchMode):
 def count_gmacs(cfg: DictConfig, num_classes: int, budget_s: float = COMPLEXITY_BUDGET_S) -> Optional[float]:
     """GMACs of one clip ``(1, 3, data.num_frames, data.crop_size, data.crop_size)`` through the
     ``model`` section's network (meta device, nothing computed), or None past ``budget_s`` seconds."""
-    kwargs = {"width": cfg.model.width} if cfg.model.width is not None else {}
+    keywords = model_keywords(cfg)
     clip = (cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
     try:
         with _Deadline(budget_s):
-            return count_complexity(cfg.model.name, num_classes, cfg.model.pool, clip, **kwargs).macs / 1e9
+            return count_complexity(cfg.model.name, num_classes, keywords.pop("pool"), clip, **keywords).macs / 1e9
     except _OverBudget:
         return None
-
-
-def split_label(cfg: DictConfig, role: str) -> str:
-    """``"val (split 'val')"``, or for a validation that reads the test split, says so."""
-    split = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}[role]
-    if role == "val" and split == cfg.data.test_split:
-        return f"val (split '{split}', the test split: best.pt is chosen on test videos)"
-    return f"{role} (split '{split}')"
 
 
 def _dataset_line(cfg: DictConfig, role: str, dataset: Any) -> str:

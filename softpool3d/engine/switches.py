@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from softpool3d.datasets import ClipDataset
-from softpool3d.engine import builders
-from softpool3d.engine.distributed import DistInfo, ResumableDistributedSampler
+from softpool3d.engine.amp import autocast, resolve_amp
+from softpool3d.engine.distributed import DistInfo
+from softpool3d.engine.sampler import ResumableDistributedSampler
 from softpool3d.engine.ema import ModelEma
 from softpool3d.engine.erasing import random_erase
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
@@ -53,8 +54,8 @@ class TrainingSwitches:
     with ``num_classes`` classes, on this rank."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module, train_set: ClipDataset, dist_info: DistInfo,
-                 num_classes: int) -> None:
-        self.cfg, self.dist = cfg, dist_info
+                 num_classes: int, normalizer: ClipNormalizer) -> None:
+        self.cfg, self.dist, self.normalizer = cfg, dist_info, normalizer
         train = cfg.train
         self.mixer = Mixer(train.mixup_alpha, train.cutmix_alpha, train.mix_prob, num_classes)
         self.criterion = SoftTargetCrossEntropy(train.label_smoothing)
@@ -98,9 +99,9 @@ class TrainingSwitches:
         return models
 
     def _precise_bn(self, models: list[nn.Module], epoch: int) -> None:
-        device, amp = self.dist.device, builders.resolve_amp(self.cfg.train.amp, self.dist.device)[0]
+        device, amp = self.dist.device, resolve_amp(self.cfg.train.amp, self.dist.device)[0]
         self.bn_loader.sampler.set_epoch(epoch)
-        limit, normalizer = self.cfg.train.precise_bn_batches, ClipNormalizer.from_config(self.cfg)
+        limit, normalizer = self.cfg.train.precise_bn_batches, self.normalizer
 
         def batches():
             for index, (clips, _, _) in enumerate(self.bn_loader):
@@ -109,7 +110,7 @@ class TrainingSwitches:
                 yield clips.flatten(0, 1) if clips.ndim == 6 else clips  # repeat_aug: (N, k, ...) -> (N * k, ...)
 
         def forward(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
-            with builders.autocast(device, amp):
+            with autocast(device, amp):
                 return model(model_inputs(clips, device, normalizer))
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

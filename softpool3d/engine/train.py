@@ -28,35 +28,26 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from softpool3d.engine import backends, builders
+from softpool3d.engine.amp import autocast
 from softpool3d.engine.callbacks import StepCallback, StepContext, debug_callbacks
-from softpool3d.engine.checkpoint import (
-    Progress,
-    load_checkpoint,
-    restore_training,
-    rng_state,
-    save_checkpoint,
-    training_checkpoint,
-)
-from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
+from softpool3d.engine.checkpoint import load_checkpoint, save_checkpoint
+from softpool3d.engine.config import run_dir
 from softpool3d.engine.distributed import (
     DistInfo,
     all_gather_objects,
-    barrier,
     cleanup,
     init_distributed,
     restart_count,
 )
-from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out, test_model
-from softpool3d.engine.inputs import ClipNormalizer, model_inputs
-from softpool3d.engine.loaders import EpochIndexed, run_loader
-from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, count_nonfinite, nonfinite_training_state
-from softpool3d.engine.optim import build_optimizer, build_scheduler
+from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out
+from softpool3d.engine.inputs import model_inputs
+from softpool3d.engine.nonfinite import NonFiniteLossError, count_nonfinite, nonfinite_training_state
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
-from softpool3d.engine.sampler import build_train_sampler
 from softpool3d.engine.step_stats import gradient_norm, reduce_step
-from softpool3d.engine.summary import log_startup_summary, split_label
-from softpool3d.engine.switches import TrainingSwitches
+from softpool3d.engine.summary import log_startup_summary
 from softpool3d.engine.tensorboard_log import TensorBoardLog
+from softpool3d.engine.testing import test_model
+from softpool3d.engine.training_state import Progress, restore_training, rng_state, training_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +109,12 @@ def train(cfg: DictConfig, step_callbacks: Sequence[StepCallback] = ()) -> Train
     lock = None
     try:
         lock = _claim_run_dir(cfg, dist_info)
-        return _Trainer(cfg, dist_info, [*debug_callbacks(cfg.debug), *step_callbacks]).run()
+        seed_everything(cfg.train.seed + dist_info.rank)
+        parts = builders.build_training(cfg, dist_info)
+        trainer = _Trainer(parts, builders.loop_settings(cfg), dist_info, [*debug_callbacks(cfg.debug), *step_callbacks])
+        log_startup_summary(cfg, dist_info, {"train": parts.train_set, "val": parts.val_set, "test": parts.test_set},
+                            parts.model, parts.steps_per_epoch, parts.amp, parts.amp_reason)
+        return trainer.run()
     finally:
         if lock is not None:
             lock.release()
@@ -141,49 +137,28 @@ def _claim_run_dir(cfg: DictConfig, dist_info: DistInfo) -> Optional[RunLock]:
 
 
 class _Trainer:
-    def __init__(self, cfg: DictConfig, dist_info: DistInfo, step_callbacks: Sequence[StepCallback]) -> None:
-        self.cfg, self.dist, self.step_callbacks = cfg, dist_info, list(step_callbacks)
+    """The loop over a run's :class:`~softpool3d.engine.builders.TrainingParts` with its
+    :class:`~softpool3d.engine.builders.LoopSettings`: it is handed its objects and reads no config."""
+
+    def __init__(self, parts: builders.TrainingParts, settings: builders.LoopSettings, dist_info: DistInfo,
+                 step_callbacks: Sequence[StepCallback]) -> None:
+        self.settings, self.dist, self.step_callbacks = settings, dist_info, list(step_callbacks)
         self.device = dist_info.device
-        self.run_dir = run_dir(cfg)
+        self.run_dir = parts.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.tensorboard_dir = self.run_dir / "tensorboard"
-        seed_everything(cfg.train.seed + dist_info.rank)
-        builders.set_threads(cfg)
-        if dist_info.is_main:
-            builders.prepare_data(cfg)
-            save_config(cfg, self.run_dir / "config.yaml")
-        barrier()
-        self.train_set = builders.build_dataset(cfg, cfg.data.train_split, train=True)
-        self.val_set = builders.build_dataset(cfg, cfg.data.val_split, train=False)
-        self.test_set = (builders.build_dataset(cfg, cfg.data.test_split, train=False, num_clips=cfg.data.num_clips,
-                                                num_crops=cfg.data.num_crops) if cfg.train.test_after_train else None)
+        self.train_set, self.val_set, self.test_set = parts.train_set, parts.val_set, parts.test_set
         self.left_out_reported: set[str] = set()
-        self.amp, amp_reason = builders.resolve_amp(cfg.train.amp, self.device)
-        self.normalizer = ClipNormalizer.from_config(cfg)
-        self.classes = list(self.train_set.classes)
-        self.memory_format = backends.memory_format(cfg.train.channels_last)
-        self.model = builders.build_model(cfg, len(self.classes)).to(self.device, memory_format=self.memory_format)
-        backends.check_deterministic_model(self.model, self.device, cfg.train.deterministic)
-        self.sampler = build_train_sampler(cfg, self.train_set, dist_info)
-        self.generator = torch.Generator()
-        self.loader = run_loader(EpochIndexed(self.train_set), self.sampler, cfg.data.batch_size, cfg.data.num_workers,
-                                 self.device, drop_last=True, generator=self.generator)
-        self.val_loader = evaluation_loader(self.val_set, dist_info, cfg.data.test_batch_size, cfg.data.num_workers)
-        self.steps_per_epoch = self.sampler.num_samples // cfg.data.batch_size // cfg.train.accumulate
-        if cfg.train.limit_steps_per_epoch > 0:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.limit_steps_per_epoch)
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"{len(self.train_set)} training clips over {dist_info.world_size} processes do not fill one step of "
-                f"data.batch_size={cfg.data.batch_size} x train.accumulate={cfg.train.accumulate}"
-            )
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
-        self.switches = TrainingSwitches(cfg, self.model, self.train_set, dist_info, len(self.classes))
+        self.amp, self.normalizer, self.classes = parts.amp, parts.normalizer, parts.classes
+        self.memory_format, self.model = parts.memory_format, parts.model
+        self.sampler, self.generator, self.loader, self.val_loader = (parts.sampler, parts.generator, parts.loader,
+                                                                      parts.val_loader)
+        self.steps_per_epoch = parts.steps_per_epoch
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.switches = parts.switches
         self.criterion = self.switches.criterion
         self.progress, self.throughput = Progress(), _Throughput()
-        self.guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_consecutive_skips)
+        self.guard = parts.guard
         self.float_buffers = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
         self._resume()
         self.ddp = (
@@ -193,11 +168,9 @@ class _Trainer:
         )
         self.board = TensorBoardLog(self.tensorboard_dir, dist_info)
         self.warmed_up = False
-        log_startup_summary(cfg, dist_info, {"train": self.train_set, "val": self.val_set, "test": self.test_set},
-                            self.model, self.steps_per_epoch, self.amp, amp_reason)
 
     def _resume(self) -> None:
-        resume = self.cfg.resume
+        resume = self.settings.resume
         restarts = restart_count()
         if restarts > 0 and (self.checkpoint_dir / "last.pt").is_file():
             logger.warning("torchrun restarted the job (restart %d): resuming from its last checkpoint", restarts)
@@ -210,7 +183,7 @@ class _Trainer:
             return
         checkpoint = load_checkpoint(path)
         if list(checkpoint["classes"]) != self.classes:
-            raise ValueError(f"checkpoint {path} was trained on other classes than {self.cfg.data.root}")
+            raise ValueError(f"checkpoint {path} was trained on other classes than {self.settings.data_root}")
         self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
                                          self.dist.rank, self.dist.world_size, self.switches.ema)
         self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
@@ -236,7 +209,7 @@ class _Trainer:
             progress = dataclasses.replace(self.progress, skipped_steps=self.guard.skipped,
                                            consecutive_skips=self.guard.consecutive)
             save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, progress,
-                                                self.sampler.epoch, to_container(self.cfg), self.classes, states,
+                                                self.sampler.epoch, self.settings.config, self.classes, states,
                                                 self.switches.ema),
                             path)
         if name == "last":
@@ -244,20 +217,20 @@ class _Trainer:
         return path
 
     def run(self) -> TrainResult:
-        cfg = self.cfg
+        settings = self.settings
         val_top1 = None
         last = self.checkpoint_dir / "last.pt"
-        while self.progress.epoch < cfg.train.epochs:
+        while self.progress.epoch < settings.epochs:
             self._train_epoch()
             epoch = self.progress.epoch
             self.progress.epoch, self.progress.step_in_epoch = epoch + 1, 0
-            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            if (epoch + 1) % settings.val_every == 0 or epoch + 1 == settings.epochs:
                 val_top1 = self._validate(epoch)
                 if val_top1 > self.progress.best_top1:
                     self.progress.best_top1 = val_top1
                     self._checkpoint("best")
             last = self._checkpoint("last")
-        test = self._test() if cfg.train.test_after_train else None
+        test = self._test() if self.test_set is not None else None
         self.board.close()
         best = self.checkpoint_dir / "best.pt"
         result = TrainResult(
@@ -274,11 +247,11 @@ class _Trainer:
         return result
 
     def _train_epoch(self) -> None:
-        cfg, state = self.cfg, self.progress
-        accumulate, batch_size, repeats = cfg.train.accumulate, cfg.data.batch_size, cfg.data.repeat_aug
+        settings, state = self.settings, self.progress
+        accumulate, batch_size, repeats = settings.accumulate, settings.batch_size, settings.repeats
         self.sampler.set_epoch(state.epoch)  # the epoch reaches the dataset through the sampled (epoch, index) pairs
         self.sampler.set_start(state.step_in_epoch * accumulate * batch_size)
-        self.generator.manual_seed(cfg.train.seed * 100_003 + state.epoch)
+        self.generator.manual_seed(settings.seed * 100_003 + state.epoch)
         self.model.train()
         batches = iter(self.loader)
         bar = tqdm(total=self.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
@@ -287,7 +260,7 @@ class _Trainer:
             started = time.perf_counter()
             wait, lr = 0.0, self.scheduler.get_last_lr()[0]
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            buffers = self._snapshot_buffers() if cfg.train.nonfinite == "skip" else None
+            buffers = self._snapshot_buffers() if settings.nonfinite == "skip" else None
             for micro in range(accumulate):
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
@@ -299,7 +272,7 @@ class _Trainer:
                 clips, targets = self.switches.augment(clips, labels, state.epoch, state.step, micro)
                 sync = micro == accumulate - 1 or not self.dist.distributed
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                    with builders.autocast(self.device, cfg.train.amp):
+                    with autocast(self.device, self.amp):
                         logits = self.ddp(clips)
                     loss = self.criterion(logits.float(), targets)
                     scaled = loss / accumulate
@@ -334,11 +307,10 @@ class _Trainer:
         skipped step also restores the buffers (BatchNorm statistics) from ``buffers``, taken
         before its forward passes.
         """
-        cfg = self.cfg
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        norm = gradient_norm(trainable, cfg.train.grad_clip)
+        norm = gradient_norm(trainable, self.settings.grad_clip)
         summary = reduce_step(local_loss, norm, self.scaler is None, count_nonfinite(self.float_buffers),
                               self.dist.world_size, self.device)
         loss_mean, problems = summary.loss, summary.problems
@@ -362,7 +334,7 @@ class _Trainer:
         return loss_mean
 
     def _after_step(self) -> None:
-        every, step = self.cfg.train.checkpoint_every_steps, self.progress.step
+        every, step = self.settings.checkpoint_every_steps, self.progress.step
         if every > 0 and step % every == 0 and self.progress.step_in_epoch < self.steps_per_epoch:
             self._checkpoint("last")
         context = StepContext(step, self.progress.epoch, self.dist.rank, self.model, self.run_dir)
@@ -371,16 +343,16 @@ class _Trainer:
 
     def _validate(self, epoch: int) -> float:
         """Validate the models :meth:`TrainingSwitches.eval_models` names; returns the first's clip top-1."""
-        cfg = self.cfg
+        settings = self.settings
         results = []
         for name, model in self.switches.eval_models(self.model, epoch, self.progress.step):
-            result = evaluate(model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
-                              self.amp, max_bad_fraction=cfg.data.max_bad_fraction,
+            result = evaluate(model, self.val_set, self.dist, settings.eval_batch_size, settings.num_workers,
+                              self.amp, max_bad_fraction=settings.max_bad_fraction,
                               loader=self.val_loader, normalizer=self.normalizer)
             if self.dist.is_main:
-                report_left_out(result, split_label(cfg, "val"), self.left_out_reported)
+                report_left_out(result, settings.val_label, self.left_out_reported)
             weights = "" if name == "model" else f", {name} weights"
-            logger.info("epoch %d: %s%s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, split_label(cfg, "val"),
+            logger.info("epoch %d: %s%s clip top-1 %.2f%%, top-5 %.2f%% (%s)", epoch + 1, settings.val_label,
                         weights, 100 * result.top1, 100 * result.top5, result.coverage)
             self.board.evaluation("val" if not results else f"val_{name}", result, self.progress.step)
             results.append(result)
@@ -388,7 +360,10 @@ class _Trainer:
 
     def _test(self) -> EvalResult:
         _, model = self.switches.eval_models(self.model, self.progress.epoch - 1, self.progress.step)[0]
-        result = test_model(model, self.test_set, self.cfg, self.dist, self.amp, self.run_dir / "test",
-                            split_label(self.cfg, "test"), self.left_out_reported)
+        settings = self.settings
+        result = test_model(model, self.test_set, self.dist, self.amp, self.normalizer, self.run_dir / "test",
+                            settings.test_label, batch_size=settings.eval_batch_size,
+                            num_workers=settings.num_workers, max_bad_fraction=settings.max_bad_fraction,
+                            already_reported=self.left_out_reported)
         self.board.evaluation("test", result, self.progress.step)
         return result

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from softpool3d.benchmarks.index import worker_private_mb
+from softpool3d.benchmarks.synthetic_layout import write_kinetics_layout
 from softpool3d.datasets import Annotations, ClipDataset, LabelList, PathList, load_annotations
-from softpool3d.datasets.synthetic_layout import write_kinetics_layout
 
 
 def _rss_mb() -> float:

@@ -11,20 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import softpool3d
 from softpool3d.engine import checkpoint, cli
 from softpool3d.engine.checkpoint import (
     CheckpointError,
-    Progress,
     git_commit,
     load_checkpoint,
     remove_stale_temporaries,
-    restore_training,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
-    training_checkpoint,
 )
+from softpool3d.engine.training_state import Progress, restore_training, rng_state, set_rng_state, training_checkpoint
+import softpool3d
 
 
 def _state():

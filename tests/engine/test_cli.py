@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine import builders, cli
+from softpool3d.engine import amp, cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +158,7 @@ def bad_run(bad_root, tmp_path_factory):
     logger.setLevel(logging.INFO)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(builders, "cpu_has_native_bf16", lambda: False)
+            patch.setattr(amp, "cpu_has_native_bf16", lambda: False)
             code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
                                        "train.amp=auto"))
     finally:
@@ -217,7 +217,7 @@ def _summary_and_bf16_warnings(caplog):
 
 
 def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(demo_root, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.INFO):
         assert cli.train_main(tiny(demo_root, tmp_path, "run", "train.amp=bf16", "train.limit_steps_per_epoch=1",
                                    "train.val_every=100", "train.test_after_train=false")) == 0
@@ -227,7 +227,7 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(demo_root, tmp_pa
 
 
 def test_amp_auto_on_a_cpu_with_native_bf16_trains_in_bf16_without_a_warning(demo_root, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level(logging.INFO):
         assert cli.train_main(tiny(demo_root, tmp_path, "run", "train.amp=auto", "train.limit_steps_per_epoch=1",
                                    "train.val_every=100", "train.test_after_train=false")) == 0

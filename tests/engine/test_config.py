@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine import builders
+from softpool3d.engine import amp
 from softpool3d.engine.builders import build_model
 from softpool3d.engine.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
 from softpool3d.models import list_models
@@ -122,23 +122,23 @@ def test_recipes_choose_their_precision_automatically():
 
 def test_amp_auto_follows_the_hardware(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: False)
-    assert builders.resolve_amp("auto", cpu)[0] == "none"
-    assert "no native bf16" in builders.resolve_amp("auto", cpu)[1]
-    assert "20-40x slower" in builders.slow_bf16_warning("bf16", cpu)
-    assert builders.slow_bf16_warning("none", cpu) is None and builders.resolve_amp("bf16", cpu)[0] == "bf16"
-    monkeypatch.setattr(builders, "cpu_has_native_bf16", lambda: True)
-    assert builders.resolve_amp("auto", cpu)[0] == "bf16" and builders.slow_bf16_warning("bf16", cpu) is None
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    assert amp.resolve_amp("auto", cpu)[0] == "none"
+    assert "no native bf16" in amp.resolve_amp("auto", cpu)[1]
+    assert "20-40x slower" in amp.slow_bf16_warning("bf16", cpu)
+    assert amp.slow_bf16_warning("none", cpu) is None and amp.resolve_amp("bf16", cpu)[0] == "bf16"
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+    assert amp.resolve_amp("auto", cpu)[0] == "bf16" and amp.slow_bf16_warning("bf16", cpu) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert builders.resolve_amp("auto", gpu)[0] == "bf16"
+    assert amp.resolve_amp("auto", gpu)[0] == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert builders.resolve_amp("auto", gpu)[0] == "none"
-    assert builders.resolve_amp("fp16", gpu)[0] == "fp16"
+    assert amp.resolve_amp("auto", gpu)[0] == "none"
+    assert amp.resolve_amp("fp16", gpu)[0] == "fp16"
 
 
 def test_native_bf16_probe_agrees_with_cpuinfo_flags():
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else None
     if flags is None:
         pytest.skip("no /proc/cpuinfo")
-    builders.cpu_has_native_bf16.cache_clear()
-    assert builders.cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)
+    amp.cpu_has_native_bf16.cache_clear()
+    assert amp.cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)

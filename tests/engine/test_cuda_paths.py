@@ -9,14 +9,15 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
-from softpool3d.engine import backends, builders
+from softpool3d.engine import amp, backends
 from softpool3d.engine import train as train_module
-from softpool3d.engine.checkpoint import Progress, restore_training, rng_state, set_rng_state, training_checkpoint
 from softpool3d.engine.config import ConfigError, load_config
-from softpool3d.engine.distributed import ResumableDistributedSampler, init_distributed
-from softpool3d.engine.evaluate import evaluation_config
+from softpool3d.engine.distributed import init_distributed
 from softpool3d.engine.loaders import EpochIndexed, run_loader
+from softpool3d.engine.sampler import ResumableDistributedSampler
 from softpool3d.engine.step_stats import gradient_norm, reduce_step
+from softpool3d.engine.trained_model import evaluation_config
+from softpool3d.engine.training_state import Progress, restore_training, rng_state, set_rng_state, training_checkpoint
 from softpool3d.models import build_model
 
 
@@ -93,8 +94,8 @@ def test_amp_auto_counts_native_bf16_only(monkeypatch, major, expected):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("Props", (), {"major": major}))
     monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
     assert torch.cuda.is_bf16_supported()  # torch's default counts the emulated bf16 of a V100
-    amp, reason = builders.resolve_amp("auto", torch.device("cuda", 0))
-    assert amp == expected and ("native bf16" in reason)
+    precision, reason = amp.resolve_amp("auto", torch.device("cuda", 0))
+    assert precision == expected and ("native bf16" in reason)
 
 
 @pytest.fixture

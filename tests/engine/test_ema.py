@@ -5,18 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from softpool3d.engine.checkpoint import (
-    CheckpointError,
+from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from softpool3d.engine.ema import ModelEma
+from softpool3d.engine.training_state import (
     Progress,
-    load_checkpoint,
     load_model_state,
     model_weights,
     restore_training,
     rng_state,
-    save_checkpoint,
     training_checkpoint,
 )
-from softpool3d.engine.ema import ModelEma
 
 
 def _model(seed):

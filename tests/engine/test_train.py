@@ -238,7 +238,7 @@ def test_overflowing_batchnorm_statistics_stop_the_run(tmp_path, synthetic, poli
 
 
 def test_checkpoint_with_nonfinite_state_is_never_written(tmp_path, synthetic, monkeypatch):
-    build = train_module.build_optimizer
+    build = builders.build_optimizer
 
     def poisoned(model, cfg):
         optimizer, steps = build(model, cfg), []
@@ -249,7 +249,7 @@ def test_checkpoint_with_nonfinite_state_is_never_written(tmp_path, synthetic, m
                 next(iter(optimizer.state.values()))["momentum_buffer"].fill_(float("inf"))
         optimizer.register_step_post_hook(poison)
         return optimizer
-    monkeypatch.setattr(train_module, "build_optimizer", poisoned)
+    monkeypatch.setattr(builders, "build_optimizer", poisoned)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     with pytest.raises(NonFiniteLossError, match=rf"refusing to write {last} at step 2: 1 tensor\(s\) hold NaN/inf, "
                                                  rf"first optimizer state 0 momentum_buffer; last good checkpoint: "

@@ -1,5 +1,5 @@
-"""A Kinetics folder in the published layout, with empty placeholder videos, for index tests and
-benchmarks at full scale (no video is ever opened by the index).
+"""A Kinetics folder in the published layout, with empty placeholder videos, for the index benchmark
+and the index tests at full scale (no video is ever opened by the index).
 
 ``root/annotations/{train,validate,test}.csv`` as published (``test.csv`` without a ``label``
 column) and ``root/{train,val}/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4``, or flat under
