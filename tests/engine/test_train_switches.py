@@ -15,7 +15,6 @@ from softpool3d.datasets.transforms import TrainTransform
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import load_config
-from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.mixing import SoftTargetCrossEntropy
 from softpool3d.engine.train import train
 
@@ -203,7 +202,7 @@ def test_rand_augment_reaches_the_training_clips(demo_root, tmp_path, monkeypatc
     plain = builders.build_dataset(load_config(None, overrides), "train", train=True)
     augmented = builders.build_dataset(load_config(None, overrides), "train", train=True)
     augmented.transform = TrainTransform(32, (32, 40), True, rand_augment_n=2, rand_augment_m=9)
-    normalize = ClipNormalizer.from_config(cfg)
+    normalize = builders.build_normalizer(cfg)
     expected = normalize(torch.stack([augmented[index][0] for index in drawn]))
     without = normalize(torch.stack([plain[index][0] for index in drawn]))
     torch.testing.assert_close(inputs[0], expected, rtol=0, atol=0)
