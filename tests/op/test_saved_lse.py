@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from softpool3d import extension, ops
-from tests.op.test_ops_per_index import CASES, formula, reference, sample
+from test_ops_per_index import CASES, formula, reference, sample
 
 # long windows (more than 256 elements, split into chunks): disjoint, padded with ceil_mode
 # (partial last windows), and overlapping
