@@ -22,7 +22,7 @@ from softpool3d.datasets.builder import select_split
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.registry import dataset_format
 from softpool3d.datasets.shard_index import INDEX_NAME, ShardIndex, ShardIndexError, decode_index
-from softpool3d.datasets.shard_source import ShardReadError, ShardSource, ShardSourceError, open_source
+from softpool3d.datasets.shard_source import ShardReadError, ShardSource, open_source
 from softpool3d.datasets.video_io import VideoInfo
 
 PathLike = Union[str, Path]
@@ -92,11 +92,8 @@ class ShardVideo:
         self.shards.check_shard(self.shard)
         members = [int(index.first[self.video]) + i for i in indices]
         unique = sorted(set(members))
-        try:
-            blocks = self.shards.source.read_ranges(index.shards[self.shard],
-                                                    [(int(index.offset[m]), int(index.size[m])) for m in unique])
-        except ShardSourceError as error:
-            raise ShardReadError(str(error)) from error
+        blocks = self.shards.source.read_ranges(index.shards[self.shard],
+                                                [(int(index.offset[m]), int(index.size[m])) for m in unique])
         by_member = dict(zip(unique, blocks))
         for member in unique:
             if not by_member[member].startswith(_JPEG_START):

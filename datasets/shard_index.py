@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ from typing import Any
 import numpy as np
 
 from softpool3d.datasets.index import PathList, VideoIndex
+
+# torchvision 0.29 warns at every JPEG call that its image codecs will move to TorchCodec; encode_jpeg
+# and decode_jpeg write and read shards (and nvJPEG batches on the GPU), so the warning would fill every log.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
 
 INDEX_NAME = "index.npz"
 SHARD_FOLDER = "shards"

@@ -16,6 +16,7 @@ from softpool3d.engine.config import ConfigError
 from softpool3d.engine.config import run_dir
 from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
+from softpool3d.datasets import build_shard_dataset
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 
@@ -54,8 +55,15 @@ def clip_options(cfg: DictConfig, train: bool, num_clips: int = 1, num_crops: in
 
 def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
     """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry (:func:`clip_options`);
-    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``."""
+    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``. ``data.format=shards`` reads the
+    frame shards at ``data.root`` (a folder or URL) instead (``build_shard_dataset``; ``data.annotations``
+    does not apply: the shards keep the lists they were prepared with)."""
     data = cfg.data
+    if data.format == "shards":
+        return build_shard_dataset(data.dataset, data.root, split, train=train, fold=data.fold,
+                                   val_fraction=data.val_fraction, val_seed=data.val_seed,
+                                   missing_list=run_dir(cfg) / f"missing_{split}.txt",
+                                   **clip_options(cfg, train, num_clips, num_crops))
     return build_clip_dataset(
         data.dataset,
         data.root,
