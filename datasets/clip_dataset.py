@@ -190,16 +190,22 @@ class ClipDataset(Dataset):
         """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""
         self.epoch = epoch
 
+    def train_draw(self, video: OpenVideo, index: int) -> tuple[list[torch.Generator], Sequence[int]]:
+        """Item ``index``'s generators (one per repeat) and the frame indices of its clip in ``video``,
+        drawn from repeat 0's generator; the transforms then draw from each repeat's generator."""
+        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
+        rate = stored_rate(self.sampling_rate, video.info.frame_step, video.path)
+        indices = self.train_sampler(video.info.num_frames, self.num_frames, rate, generators[0])
+        return generators, _checked(indices, self.num_frames, "train_sampler")
+
     def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
         """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1.
 
         The frames are drawn and decoded once, with repeat 0's generator; each repeat ``r`` then
         draws its own scale, crop and flip from generator ``r``.
         """
-        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
-        rate = stored_rate(self.sampling_rate, video.info.frame_step, video.path)
-        indices = self.train_sampler(video.info.num_frames, self.num_frames, rate, generators[0])
-        frames = video.frames(_checked(indices, self.num_frames, "train_sampler"))
+        generators, indices = self.train_draw(video, index)
+        frames = video.frames(indices)
         views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 

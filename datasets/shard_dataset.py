@@ -20,6 +20,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from softpool3d.datasets.annotations import Annotations
 from softpool3d.datasets.builder import select_split
 from softpool3d.datasets.clip_dataset import ClipDataset
+from softpool3d.datasets.device_decode import JpegClip
 from softpool3d.datasets.registry import dataset_format
 from softpool3d.datasets.shard_index import INDEX_NAME, ShardIndex, ShardIndexError, decode_index
 from softpool3d.datasets.shard_source import ShardReadError, ShardSource, open_source
@@ -114,11 +115,20 @@ class ShardVideo:
 class ShardDataset(ClipDataset):
     """:class:`~softpool3d.datasets.ClipDataset` over the videos of ``annotations`` (paths relative to the
     source folder the shards were written from) stored in ``shards``; every other argument is ClipDataset's.
-    A frame that cannot be read or decoded makes its video unreadable, as a damaged video file does."""
+    A frame that cannot be read or decoded makes its video unreadable, as a damaged video file does.
 
-    def __init__(self, annotations: Annotations, shards: ShardSet, **clip_options: Any) -> None:
+    ``decode_on_device=True`` (training only): an item's clip is a :class:`~softpool3d.datasets.device_decode.JpegClip`
+    (the JPEG bytes of its frames and its generators' states after the frame draws), which the engine
+    decodes and transforms on the training device (:meth:`JpegBatch.decode`); the same frames, crop and
+    flip as decoding here. A JPEG that fails to decode there stops the run (it is not skipped)."""
+
+    def __init__(self, annotations: Annotations, shards: ShardSet, decode_on_device: bool = False,
+                 **clip_options: Any) -> None:
         super().__init__(annotations, **clip_options)
+        if decode_on_device and not self.train:
+            raise ValueError("decode_on_device is for training items (test views are decoded in the workers)")
         self.shards = shards
+        self.decode_on_device = decode_on_device
         self.entries = shards.index.find(annotations.videos.joined()).astype(np.int64)
         if (self.entries < 0).any():
             absent = annotations.videos[np.flatnonzero(self.entries < 0)[:5]]
@@ -127,6 +137,12 @@ class ShardDataset(ClipDataset):
 
     def open_video(self, video_index: int) -> ShardVideo:
         return ShardVideo(self.shards, int(self.entries[video_index]))
+
+    def _train_clips(self, video: ShardVideo, index: int) -> torch.Tensor | JpegClip:
+        if not self.decode_on_device:
+            return super()._train_clips(video, index)
+        generators, indices = self.train_draw(video, index)
+        return JpegClip(video.jpegs(indices), [generator.get_state() for generator in generators], self.transform)
 
 
 def load_shard_annotations(

@@ -16,8 +16,6 @@ from typing import Sequence
 
 from softpool3d.datasets.video_io import VideoReadError
 
-MERGE_GAP = 256 * 1024
-"""Ranges at most this many bytes apart are read in one request."""
 
 TIMEOUT_S = 30.0
 
@@ -30,13 +28,13 @@ class ShardReadError(VideoReadError):
     """Bytes of one video that cannot be read or decoded: counted like an unreadable video."""
 
 
-def _merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
-    """``(offset, size)`` ranges -> ``(start, end, members)`` reads, ranges less than :data:`MERGE_GAP` apart joined."""
+def _merged(ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
+    """``(offset, size)`` ranges -> ``(start, end, members)`` reads, ranges at most ``gap`` bytes apart joined."""
     order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
     reads: list[tuple[int, int, list[int]]] = []
     for i in order:
         start, end = ranges[i][0], ranges[i][0] + ranges[i][1]
-        if reads and start - reads[-1][1] <= MERGE_GAP:
+        if reads and start - reads[-1][1] <= gap:
             reads[-1] = (reads[-1][0], max(reads[-1][1], end), reads[-1][2] + [i])
         else:
             reads.append((start, end, [i]))
@@ -44,7 +42,12 @@ def _merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]
 
 
 class ShardSource:
-    """Bytes of the files under one location; subclasses implement :meth:`read_file`, :meth:`read_at` and :meth:`size`."""
+    """Bytes of the files under one location; subclasses implement :meth:`read_file`, :meth:`read_at` and :meth:`size`.
+
+    ``merge_gap``: ranges at most this many bytes apart are read in one request (reading the gap costs
+    less than another request: a system call from the page cache, a round trip over the network)."""
+
+    merge_gap = 256 * 1024
 
     def __init__(self, location: str) -> None:
         self.location = location.rstrip("/")
@@ -66,7 +69,7 @@ class ShardSource:
     def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``(offset, size)`` range of ``name``, in the order given."""
         out: list[bytes] = [b""] * len(ranges)
-        for start, end, members in _merged(ranges):
+        for start, end, members in _merged(ranges, self.merge_gap):
             block = self.read_at(name, start, end)
             if len(block) != end - start:
                 raise ShardReadError(f"{self.where(name)} is truncated: bytes {start}-{end - 1} asked for, "
@@ -111,7 +114,11 @@ class LocalSource(ShardSource):
 
 class HTTPSource(ShardSource):
     """Files under an ``http://`` or ``https://`` URL, read with ``Range`` requests over one
-    keep-alive connection per process (the standard library's ``http.client``)."""
+    keep-alive connection per process (the standard library's ``http.client``). A clip's frames up
+    to 4 MB apart are one request: a round trip costs more than the bytes between them on a loaded
+    host or a network (prepare with ``frame_step`` = the recipe's ``sampling_rate`` to read no gap)."""
+
+    merge_gap = 4 * 1024 * 1024
 
     def __init__(self, location: str) -> None:
         super().__init__(location)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from functools import partial
@@ -61,3 +63,21 @@ def serve_folder(folder: str | Path, handler: type[SimpleHTTPRequestHandler] = R
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serve_folder_in_process(folder: str | Path) -> Iterator[str]:
+    """:func:`serve_folder` in a child process (a server apart from the client, as on a network); yields its URL."""
+    child = subprocess.Popen([sys.executable, "-m", "softpool3d.benchmarks.range_server", str(folder)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        yield child.stdout.readline().strip()
+    finally:
+        child.terminate()
+        child.wait()
+
+
+if __name__ == "__main__":
+    with serve_folder(sys.argv[1]) as url:
+        print(url, flush=True)
+        threading.Event().wait()

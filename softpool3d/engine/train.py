@@ -47,6 +47,7 @@ from softpool3d.engine.distributed import (
     restart_count,
 )
 from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out, test_model
+from softpool3d.datasets.device_decode import on_device
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, count_nonfinite, nonfinite_training_state
@@ -292,6 +293,7 @@ class _Trainer:
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
                 wait += time.perf_counter() - fetched
+                clips = on_device(clips, self.device)  # a JpegBatch (shards decoded on the GPU) is decoded here
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
                 clips = model_inputs(clips, self.device, self.normalizer).contiguous(memory_format=self.memory_format)

@@ -17,7 +17,10 @@ from PIL import Image
 
 from softpool3d.benchmarks.range_server import serve_folder
 from softpool3d.datasets import ShardIndexError, build_dataset, build_shard_dataset
+from softpool3d.datasets import worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
+from softpool3d.datasets.device_decode import JpegBatch
+from softpool3d.datasets.device_decode import on_device as on_device_batch
 from softpool3d.datasets.prepare_shards import prepare_shards
 from softpool3d.datasets.sampling import random_clip, uniform_clips
 from softpool3d.datasets.shard_dataset import ShardSet, ShardVideo
@@ -218,3 +221,33 @@ def test_an_undecodable_jpeg_is_skipped_like_an_unreadable_video(shards, tmp_pat
     assert clip.shape == (3, 4, 32, 32) and len(train.skipped_files()) == 1
     assert "v_" in train.skipped_files()[0]
     assert test[0][1] == UNREADABLE
+
+
+def _device_and_worker_datasets(shards, **extra):
+    options = {**CLIPS, **extra}
+    return (build_shard_dataset("ucf101", shards, "train", train=True, decode_on_device=True, **options),
+            build_shard_dataset("ucf101", shards, "train", train=True, **options))
+
+
+@pytest.mark.parametrize("extra", [{}, {"repeat_aug": 2, "rand_augment_n": 2}], ids=["plain", "repeat_aug_rand_augment"])
+def test_device_decoding_cuts_the_clips_the_workers_cut(shards, extra):
+    """On the CPU both paths use libjpeg, so the batch decoded "on the device" equals the workers' clips bit for bit."""
+    on_device, in_workers = _device_and_worker_datasets(shards, **extra)
+    loader = torch.utils.data.DataLoader(on_device, batch_size=4, num_workers=2,
+                                         multiprocessing_context=worker_context())
+    batch, labels, indices = next(iter(loader))
+    assert isinstance(batch, JpegBatch) and len(batch.clips) == 4
+    decoded = on_device_batch(batch, torch.device("cpu"))
+    expected = torch.stack([in_workers[int(i)][0] for i in indices])
+    assert decoded.dtype == torch.uint8 and torch.equal(decoded, expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_nvjpeg_decoding_matches_the_workers_clips_within_jpeg_tolerance(shards):
+    on_device, in_workers = _device_and_worker_datasets(shards)
+    batch = JpegBatch([on_device[i][0] for i in range(8)])
+    decoded = on_device_batch(batch, torch.device("cuda"))
+    expected = torch.stack([in_workers[i][0] for i in range(8)])
+    assert decoded.is_cuda and decoded.shape == expected.shape
+    assert (decoded.cpu().float() - expected.float()).abs().mean() < 2.0
