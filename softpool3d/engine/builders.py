@@ -33,6 +33,7 @@ from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributed
 from softpool3d.engine.splits import split_label
 from softpool3d.engine.switches import TrainingSwitches
 from softpool3d.engine.training_state import model_weights
+from softpool3d.datasets import build_shard_dataset
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 
@@ -71,8 +72,17 @@ def clip_options(cfg: DictConfig, train: bool, num_clips: int = 1, num_crops: in
 
 def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
     """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry (:func:`clip_options`);
-    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``."""
+    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``. ``data.format=shards`` reads the
+    frame shards at ``data.root`` (a folder or URL) instead (``build_shard_dataset``; ``data.annotations``
+    does not apply: the shards keep the lists they were prepared with); training on a CUDA device, their
+    JPEGs are decoded and transformed there (``decode_on_device``)."""
     data = cfg.data
+    if data.format == "shards":
+        on_gpu = train and cfg.train.device != "cpu" and torch.cuda.is_available()  # JPEGs decoded by nvJPEG
+        return build_shard_dataset(data.dataset, data.root, split, train=train, fold=data.fold, decode_on_device=on_gpu,
+                                   val_fraction=data.val_fraction, val_seed=data.val_seed,
+                                   missing_list=run_dir(cfg) / f"missing_{split}.txt",
+                                   **clip_options(cfg, train, num_clips, num_crops))
     return build_clip_dataset(
         data.dataset,
         data.root,

@@ -46,7 +46,10 @@ BASES_KEY = "defaults"
 class DataConfig:
     """Which videos, and how clips are cut from them (arguments of ``build_dataset``).
 
-    ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
+    ``make_demo`` generates the synthetic demo set into ``root`` first. ``format``: ``video`` (video
+    files under ``root``) or ``shards`` (JPEG frame shards written by ``tools/prepare_videos.py
+    --format shards``; ``root`` is their folder or an ``http(s)://`` or fsspec URL, and the shards'
+    own annotation lists serve the splits). ``batch_size`` is per
     process. Validation uses one centre view per video (clip accuracy); the test uses
     ``num_clips x num_crops`` views. A val/test video that cannot be decoded is left out of
     the metrics; more than ``max_bad_fraction`` of them stops the run, naming the files.
@@ -67,6 +70,7 @@ class DataConfig:
 
     dataset: str = "ucf101"
     root: str = "data/demo"
+    format: str = "video"
     annotations: Optional[str] = None
     fold: int = 1
     make_demo: bool = False
@@ -221,6 +225,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "train.nonfinite": ("stop", "skip"),
         "train.device": ("auto", "cpu", "cuda"),
         "data.sampler": ("uniform", "class_balanced"),
+        "data.format": ("video", "shards"),
     }
 
 
@@ -333,7 +338,8 @@ def check_runnable(cfg: DictConfig, training: bool = True) -> None:
     folder, ``data.annotations``, ``model.pretrained`` and a ``resume`` path exist, and
     ``train.device=cuda`` has a CUDA device. Raises :class:`ConfigError` naming the key and value.
     ``training=False`` (evaluating a checkpoint, which holds the weights) skips the weight sources."""
-    if not cfg.data.make_demo and not Path(cfg.data.root).is_dir():
+    remote = cfg.data.format == "shards" and "://" in cfg.data.root
+    if not cfg.data.make_demo and not remote and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root={cfg.data.root}: dataset folder not found (absolute: {Path(cfg.data.root).resolve()})")
     for key in ("data.annotations", "model.pretrained") if training else ("data.annotations",):
         value = OmegaConf.select(cfg, key)

@@ -33,6 +33,7 @@ from softpool3d.engine.distributed import DistInfo
 from softpool3d.engine.sampler import ResumableDistributedSampler
 from softpool3d.engine.ema import ModelEma
 from softpool3d.engine.erasing import random_erase
+from softpool3d.datasets.device_decode import on_device
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.mixing import Mixer, SoftTargetCrossEntropy
@@ -107,6 +108,7 @@ class TrainingSwitches:
             for index, (clips, _, _) in enumerate(self.bn_loader):
                 if index == limit:
                     return
+                clips = on_device(clips, device)
                 yield clips.flatten(0, 1) if clips.ndim == 6 else clips  # repeat_aug: (N, k, ...) -> (N * k, ...)
 
         def forward(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:

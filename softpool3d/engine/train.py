@@ -42,6 +42,7 @@ from softpool3d.engine.distributed import (
 from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out
 from softpool3d.engine.inputs import model_inputs
 from softpool3d.engine.nonfinite import NonFiniteLossError, count_nonfinite, nonfinite_training_state
+from softpool3d.datasets.device_decode import on_device
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
 from softpool3d.engine.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.summary import log_startup_summary
@@ -265,6 +266,7 @@ class _Trainer:
                 fetched = time.perf_counter()
                 clips, labels, _ = next(batches)
                 wait += time.perf_counter() - fetched
+                clips = on_device(clips, self.device)  # a JpegBatch (shards decoded on the GPU) is decoded here
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
                 clips = model_inputs(clips, self.device, self.normalizer).contiguous(memory_format=self.memory_format)
