@@ -359,3 +359,17 @@ def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Unio
         first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
         raise CheckpointError(f"checkpoint {path} holds {held}, which does not fit this run's model "
                               f"({first}); drop the model.* overrides or pass the checkpoint's values") from None
+
+
+def stored_digest(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 (hex) a checkpoint of ours carries at its end, read without hashing the file
+    (a key for what was derived from it, e.g. a cached ONNX export); ``CheckpointError`` when it has none."""
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        if file.tell() < _COMMENT_LENGTH + 2:
+            raise CheckpointError(f"checkpoint {path} does not end with a softpool3d digest")
+        file.seek(-_COMMENT_LENGTH, os.SEEK_END)
+        end = file.read()
+    if not end.startswith(_DIGEST_PREFIX):
+        raise CheckpointError(f"checkpoint {path} does not end with a softpool3d digest")
+    return end[len(_DIGEST_PREFIX):].decode("ascii", errors="replace")

@@ -161,6 +161,11 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
                                                                      "data.test_batch_size)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0: in this process)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--runtime", default="eager", choices=("eager", "onnx"),
+                        help="eager: PyTorch; onnx: onnxruntime on the CPU, from --onnx FILE or the checkpoint "
+                             "exported once into the cache (default: eager)")
+    parser.add_argument("--onnx", default=None, metavar="FILE", help="the .onnx file --runtime onnx runs "
+                                                                     "(written by softpool3d-export)")
     _add_debug(parser)
     args = parser.parse_args(argv)
     debug = _debug_requested(args)
@@ -169,10 +174,11 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     def job() -> int:
         from softpool3d.engine.predict import run_predict
 
+        device = "cpu" if args.runtime == "onnx" and args.device is None else args.device
         return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,
                            num_crops=args.crops, window=args.window, stride=args.stride, out=args.out,
                            features_dir=args.features, render_dir=args.render, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device)
+                           workers=args.workers, device=device, runtime=args.runtime, onnx=args.onnx)
 
     return _run_reporting_user_errors(job, debug)
 
@@ -187,6 +193,9 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", required=True, choices=("onnx", "pt2"))
     parser.add_argument("--out", required=True, help="the file to write")
     parser.add_argument("--device", default="cpu", help="where the model is traced (default: cpu)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="ONNX with dynamic clip length and crop size (checked at two of each); models whose "
+                             "graph fixes the input size (MViT) refuse, saying why")
     _add_debug(parser)
     args = parser.parse_args(argv)
     debug = _debug_requested(args)
@@ -195,6 +204,6 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     def job() -> int:
         from softpool3d.engine.export import run_export
 
-        return run_export(args.checkpoint, args.format, args.out, args.device)
+        return run_export(args.checkpoint, args.format, args.out, args.device, dynamic=args.dynamic)
 
     return _run_reporting_user_errors(job, debug)

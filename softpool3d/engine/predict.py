@@ -198,8 +198,10 @@ class Recognizer:
     """A trained model ready for new videos: ``Recognizer.from_checkpoint(path).predict("video.mp4")``."""
 
     def __init__(self, model: nn.Module, cfg: DictConfig, classes: Sequence[str], device: torch.device,
-                 checkpoint: str = "") -> None:
+                 checkpoint: str = "", runner: Optional[nn.Module] = None) -> None:
         self.model = model.eval().to(device)
+        self.runner = self.model if runner is None else runner
+        """What computes the logits: ``model`` (eager), or an :class:`~softpool3d.engine.runtime.OnnxModel`."""
         self.cfg = cfg
         self.classes = list(classes)
         self.device = device
@@ -209,10 +211,19 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        overrides: Sequence[str] = ()) -> "Recognizer":
+                        overrides: Sequence[str] = (), runtime: str = "eager",
+                        onnx: Optional[str | os.PathLike] = None) -> "Recognizer":
         """The model of checkpoint ``path`` (its config with ``overrides``, e.g. ``data.num_clips=1``, read as
         ``softpool3d-test`` reads it: :func:`~softpool3d.engine.evaluate.evaluation_config`) on ``device``
-        (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``."""
+        (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``.
+        ``runtime="onnx"`` computes in onnxruntime (CPU): the file ``onnx``, or the checkpoint exported
+        once into the cache (:func:`~softpool3d.engine.runtime.cached_onnx`)."""
+        from softpool3d.engine.runtime import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if onnx is not None and runtime != "onnx":
+            raise ConfigError("--onnx FILE needs --runtime onnx")
         state = load_checkpoint(path)
         cfg = evaluation_config(state["config"], overrides, path)
         device = default_device() if device is None else torch.device(device)
@@ -220,7 +231,16 @@ class Recognizer:
             raise ConfigError(f"device {device} was asked for, but torch sees no CUDA device")
         model = builders.build_architecture(cfg, len(state["classes"]))
         load_model_state(model, state, path)
-        return cls(model, cfg, state["classes"], device, str(path))
+        recognizer = cls(model, cfg, state["classes"], device, str(path))
+        if runtime == "onnx":
+            from softpool3d.engine.runtime import OnnxModel, cached_onnx
+
+            if device.type != "cpu":
+                raise ConfigError(f"--runtime onnx runs on the CPU, not {device}")
+            runner = OnnxModel(onnx if onnx is not None else cached_onnx(recognizer, path))
+            runner.check_classes(recognizer.classes, str(path))
+            recognizer.runner = runner
+        return recognizer
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -271,6 +291,8 @@ class Recognizer:
         processes, ``features`` to keep pooled features, ``progress`` for a bar.
         """
         data = self.cfg.data
+        if features and self.runner is not self.model:
+            raise ConfigError("--features reads the PyTorch model's classifier input: use --runtime eager")
         num_clips, num_crops = num_clips or int(data.num_clips), num_crops or int(data.num_crops)
         stride = stride if stride is not None else window
         results = [Prediction(str(v.path), relative=v.relative) for v in videos]
@@ -293,7 +315,7 @@ class Recognizer:
                 if not bool(good.any()):
                     continue
                 captured.clear()
-                logits = forward_views(self.model, batch[good], self.device, self.amp, self.normalizer)
+                logits = forward_views(self.runner, batch[good], self.device, self.amp, self.normalizer)
                 sums.index_add_(0, unit[good], logits.float().softmax(dim=1).double().cpu())
                 counts.index_add_(0, unit[good], torch.ones(int(good.sum()), dtype=torch.float64))
                 if features:
@@ -505,7 +527,7 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
                 num_crops: Optional[int] = None, window: Optional[float] = None, stride: Optional[float] = None,
                 out: Optional[str] = None, features_dir: Optional[str] = None, render_dir: Optional[str] = None,
                 batch_size: Optional[int] = None, workers: int = 0, device: Optional[str] = None,
-                overrides: Sequence[str] = ()) -> int:
+                overrides: Sequence[str] = (), runtime: str = "eager", onnx: Optional[str] = None) -> int:
     """``softpool3d-predict``: the table on stdout, and ``out`` / ``features_dir`` / ``render_dir`` if given.
     Returns 1 when some video could not be decoded (each named in a warning), else 0."""
     if out is not None:
@@ -519,9 +541,9 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
     if workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {workers}")
     videos = collect_videos(inputs)
-    recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides)
-    logger.info("%s: %s (%d classes) on %s, %d videos", checkpoint, recognizer.cfg.model.name,
-                len(recognizer.classes), recognizer.device, len(videos))
+    recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides, runtime, onnx)
+    logger.info("%s: %s (%d classes) on %s (%s), %d videos", checkpoint, recognizer.cfg.model.name,
+                len(recognizer.classes), recognizer.device, runtime, len(videos))
     predictions = recognizer.predict_videos(videos, num_clips=num_clips, num_crops=num_crops, window=window,
                                             stride=stride, batch_size=batch_size, workers=workers,
                                             features=features_dir is not None, progress=len(videos) > 3)
