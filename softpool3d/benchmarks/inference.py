@@ -26,7 +26,8 @@ from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import Progress, rng_state, save_checkpoint, training_checkpoint
 from softpool3d.engine.config import load_config, to_container
 from softpool3d.engine.export import write_onnx
-from softpool3d.engine.predict import Recognizer, collect_videos
+from softpool3d.engine.predict import Recognizer
+from softpool3d.engine.video_inputs import collect_videos
 from softpool3d.models import build_model, model_info
 
 logger = logging.getLogger(__name__)

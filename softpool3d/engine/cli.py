@@ -172,7 +172,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.predict import run_predict
+        from softpool3d.engine.predict_command import run_predict
 
         device = "cpu" if args.runtime == "onnx" and args.device is None else args.device
         return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,

@@ -24,10 +24,11 @@ from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
 from softpool3d.engine.config import ConfigError, check_runnable, from_container
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, cleanup, init_distributed
+from softpool3d.engine.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 from softpool3d.engine.loaders import run_loader
 from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes
+from softpool3d.engine.sampler import ShardSampler
 
 logger = logging.getLogger(__name__)
 

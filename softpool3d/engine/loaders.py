@@ -3,7 +3,7 @@
 Workers are persistent (``persistent_workers=True`` when ``num_workers > 0``): a run forks them
 once per loader, not again at every epoch and every validation. A persistent worker keeps its own
 copy of the dataset, so ``set_epoch`` in the main process never reaches it; the training sampler
-(:class:`~softpool3d.engine.distributed.ResumableDistributedSampler`) therefore yields
+(:class:`~softpool3d.engine.sampler.ResumableDistributedSampler`) therefore yields
 ``(epoch, index)`` pairs and :class:`EpochIndexed` sets the epoch of the worker's copy from them.
 """
 from __future__ import annotations

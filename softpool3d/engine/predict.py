@@ -1,4 +1,4 @@
-"""Prediction on new videos: top-k classes, pooled features, windows of long videos, rendered videos.
+"""Prediction on new videos: top-k classes and pooled features of whole videos or of their windows.
 
 :class:`Recognizer` holds a checkpoint's model, config and class names. Its clips are cut exactly as
 ``softpool3d-test`` cuts the test split's (one :class:`~softpool3d.datasets.ClipDataset` test path,
@@ -11,20 +11,15 @@ the globally pooled, for X3D also projected, backbone features), averaged like t
 
 Decoding runs in DataLoader workers: a first pass reads each video's frame count and rate, a
 second decodes the views. A video that cannot be decoded gets :attr:`Prediction.error` and the
-others go on.
+others go on. The inputs are :mod:`~softpool3d.engine.video_inputs`', the windows
+:mod:`~softpool3d.engine.windows`', the results and their files :mod:`~softpool3d.engine.prediction_outputs`';
+the command is :mod:`~softpool3d.engine.predict_command`.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import logging
-import math
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,119 +29,18 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from softpool3d.datasets import ClipDataset, OpenVideo, VideoReadError
-from softpool3d.datasets.annotations import VIDEO_EXTENSIONS
-from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint, load_model_state
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.evaluate import evaluation_config, forward_views
 from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import run_loader
+from softpool3d.engine.prediction_outputs import Prediction, WindowPrediction
+from softpool3d.engine.video_inputs import VideoInput, collect_videos
+from softpool3d.engine.windows import ViewUnit, window_units
 
-logger = logging.getLogger(__name__)
-
-OUTPUT_FORMATS = (".json", ".jsonl", ".csv")
-
-
-@dataclass(frozen=True)
-class VideoInput:
-    """A video to predict on: its ``path``, and ``relative``, where its outputs go under an output folder."""
-
-    path: Path
-    relative: Path
-
-
-def collect_videos(inputs: Sequence[str | os.PathLike]) -> list[VideoInput]:
-    """The videos named by ``inputs``: files (kept even if missing or not videos: they fail later,
-    named), folders (every file with a video extension below them, sorted) and ``@list.txt`` (one
-    input a line, relative to the list's folder). A folder without videos, or a missing list,
-    raises ``FileNotFoundError`` naming it."""
-    videos: list[VideoInput] = []
-    for raw in inputs:
-        text = os.fspath(raw)
-        if text.startswith("@"):
-            listing = Path(text[1:])
-            if not listing.is_file():
-                raise FileNotFoundError(f"list of videos {listing} (from {text}) does not exist")
-            lines = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]
-            videos += collect_videos([listing.parent / line for line in lines if line and not line.startswith("#")])
-            continue
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-            if not found:
-                raise FileNotFoundError(f"folder {path} holds no video files (looked for {', '.join(VIDEO_EXTENSIONS)} "
-                                        f"in it and its subfolders)")
-            videos += [VideoInput(p, p.relative_to(path)) for p in found]
-        else:
-            videos.append(VideoInput(path, Path(path.name)))
-    return videos
-
-
-def window_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
-    """``(start, end)`` seconds of windows of ``window`` seconds every ``stride`` seconds covering
-    ``[0, duration]`` in order: the last one ends at ``duration`` (so 10 s, window 2, stride 1 gives
-    9); a video shorter than ``window`` is one window."""
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window and stride must be positive seconds, got {window} and {stride}")
-    if duration <= window:
-        return [(0.0, duration)]
-    count = math.ceil(round((duration - window) / stride, 6)) + 1
-    starts = [min(i * stride, duration - window) for i in range(count)]
-    return [(float(round(start, 6)), float(round(start + window, 6))) for start in starts]
-
-
-@dataclass
-class WindowPrediction:
-    """One window ``[start, end)`` seconds: mean ``probabilities (K,)`` and ``features (D,)`` over its views."""
-
-    start: float
-    end: float
-    probabilities: np.ndarray
-    features: Optional[np.ndarray] = None
-
-
-@dataclass
-class Prediction:
-    """A video's result: mean ``probabilities (K,)`` over its ``views`` (over its windows' when windowed),
-    ``features`` ``(D,)`` (``(W, D)`` with windows), or ``error`` when it cannot be decoded."""
-
-    video: str
-    duration: Optional[float] = None
-    views: int = 0
-    probabilities: Optional[np.ndarray] = None
-    windows: list[WindowPrediction] = field(default_factory=list)
-    features: Optional[np.ndarray] = None
-    error: Optional[str] = None
-    relative: Optional[Path] = None
-
-    def top_k(self, classes: Sequence[str], k: int = 5, probabilities: Optional[np.ndarray] = None) -> list[dict]:
-        """``[{"label": NAME, "score": P}, ...]``: the ``k`` most probable classes, most probable first."""
-        scores = self.probabilities if probabilities is None else probabilities
-        order = np.argsort(-scores, kind="stable")[: min(k, len(classes))]
-        return [{"label": classes[i], "score": round(float(scores[i]), 6)} for i in order]
-
-    def record(self, classes: Sequence[str], k: int = 5) -> dict:
-        """The JSON form: ``{"video", "duration", "views", "top_k", "windows"}`` or ``{"video", "error"}``."""
-        if self.error is not None:
-            return {"video": self.video, "error": self.error}
-        record = {"video": self.video, "duration": None if self.duration is None else round(self.duration, 6),
-                  "views": self.views, "top_k": self.top_k(classes, k)}
-        if self.windows:
-            record["windows"] = [{"start": w.start, "end": w.end, "top_k": self.top_k(classes, k, w.probabilities)}
-                                 for w in self.windows]
-        return record
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """What one set of views covers: frames ``first .. end - 1`` of video ``video``, seconds ``start .. stop``."""
-
-    video: int
-    first: int
-    end: int
-    start: float
-    stop: float
+# the Python API of prediction: the recognizer, what it is given and what it returns
+__all__ = ["Recognizer", "VideoInput", "collect_videos", "Prediction", "WindowPrediction", "default_device"]
 
 
 class _Probe(Dataset):
@@ -173,7 +67,7 @@ class _UnitViews(Dataset):
     """Item ``i``: ``(clip (C, T, H, W), unit, error)``: view ``i % num_views`` of unit ``i // num_views``,
     cut by ``clips``' test path; an unreadable view is ``clips``' zero view with the error's text."""
 
-    def __init__(self, clips: ClipDataset, units: Sequence[_Unit]) -> None:
+    def __init__(self, clips: ClipDataset, units: Sequence[ViewUnit]) -> None:
         self.clips, self.units = clips, list(units)
 
     def __len__(self) -> int:
@@ -326,20 +220,11 @@ class Recognizer:
         self._gather(results, units, sums, counts, feature_sums, window is not None)
         return results
 
-    @staticmethod
-    def _window_units(video: int, num_frames: int, fps: float, window: float, stride: float) -> list[_Unit]:
-        units = []
-        for start, stop in window_spans(num_frames / fps, window, stride):
-            first = min(int(round(start * fps)), num_frames - 1)
-            end = max(first + 1, min(num_frames, int(round(stop * fps))))
-            units.append(_Unit(video, first, end, start, stop))
-        return units
-
     def _units(self, videos: Sequence[VideoInput], results: list[Prediction], window: Optional[float],
-               stride: Optional[float], workers: int) -> list[_Unit]:
+               stride: Optional[float], workers: int) -> list[ViewUnit]:
         """Probe every video (frame count, fps) and split the readable ones into units (windows, or whole)."""
         probe = run_loader(_Probe([v.path for v in videos]), None, None, min(workers, len(videos)), self.device)
-        units: list[_Unit] = []
+        units: list[ViewUnit] = []
         for index, (num_frames, fps, error) in enumerate(probe):
             result = results[index]
             if error:
@@ -347,15 +232,15 @@ class Recognizer:
                 continue
             result.duration = num_frames / fps if fps > 0 else None
             if window is None:
-                units.append(_Unit(index, 0, num_frames, 0.0, result.duration or 0.0))
+                units.append(ViewUnit(index, 0, num_frames, 0.0, result.duration or 0.0))
             elif fps <= 0:
                 result.error = f"{result.video} has no frame rate, so it cannot be cut into windows of seconds"
             else:
-                units += self._window_units(index, num_frames, fps, window, stride)
+                units += window_units(index, num_frames, fps, window, stride)
         return units
 
     @staticmethod
-    def _gather(results: list[Prediction], units: list[_Unit], sums: torch.Tensor, counts: torch.Tensor,
+    def _gather(results: list[Prediction], units: list[ViewUnit], sums: torch.Tensor, counts: torch.Tensor,
                 feature_sums: Optional[torch.Tensor], windowed: bool) -> None:
         by_video: dict[int, list[int]] = {}
         for index, unit in enumerate(units):
@@ -393,177 +278,3 @@ class _Capture:
 
     def __exit__(self, *exc) -> None:
         self.handle.remove()
-
-
-def format_table(predictions: Sequence[Prediction], classes: Sequence[str], top_k: int) -> str:
-    """A plain-text table: one row per video (and one per window), the top-k labels with their scores."""
-    rows = [("video", "duration", f"top-{top_k}")]
-    for prediction in predictions:
-        if prediction.error is not None:
-            rows.append((prediction.video, "", f"failed: {prediction.error}"))
-            continue
-        def scores(probabilities: Optional[np.ndarray] = None) -> str:
-            return ", ".join(f"{t['label']} {t['score']:.3f}" for t in prediction.top_k(classes, top_k, probabilities))
-
-        duration = "" if prediction.duration is None else f"{prediction.duration:.2f}s"
-        rows.append((prediction.video, duration, scores()))
-        rows += [(f"  {w.start:.2f}-{w.end:.2f}s", "", scores(w.probabilities)) for w in prediction.windows]
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}" for row in rows) + "\n"
-
-
-def output_format(path: str | os.PathLike) -> str:
-    """The format ``--out`` names by its extension, one of :data:`OUTPUT_FORMATS`; else ``ConfigError``."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ConfigError(f"--out {path}: the format is chosen by the extension, one of {', '.join(OUTPUT_FORMATS)}")
-    return suffix
-
-
-def write_output(path: Path, checkpoint: str, classes: Sequence[str], predictions: Sequence[Prediction],
-                 top_k: int) -> None:
-    """Write ``predictions`` to ``path`` (atomically) as ``.json`` (``{"checkpoint", "classes", "videos"}``),
-    ``.jsonl`` (one video's record a line) or ``.csv`` (one row per video and per window)."""
-    records = [prediction.record(classes, top_k) for prediction in predictions]
-    suffix = output_format(path)
-    if suffix == ".json":
-        text = json.dumps({"checkpoint": checkpoint, "classes": list(classes), "videos": records}, indent=2) + "\n"
-    elif suffix == ".jsonl":
-        text = "".join(json.dumps(record) + "\n" for record in records)
-    else:
-        text = _csv_text(records, top_k)
-    with atomic_writer(path) as out:
-        out.write(text.encode("utf-8"))
-
-
-def _csv_text(records: Sequence[dict], top_k: int) -> str:
-    buffer = io.StringIO()
-    ranks = [f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "score")]
-    writer = csv.DictWriter(buffer, fieldnames=["video", "start", "end", "duration", "views", *ranks, "error"])
-    writer.writeheader()
-    for record in records:
-        if "error" in record:
-            writer.writerow({"video": record["video"], "error": record["error"]})
-            continue
-        spans = [(None, None, record["top_k"])] + [(w["start"], w["end"], w["top_k"]) for w in record.get("windows", [])]
-        for start, end, top in spans:
-            row = {"video": record["video"], "start": start, "end": end, "duration": record["duration"],
-                   "views": record["views"]}
-            for rank, entry in enumerate(top, 1):
-                row[f"label_{rank}"], row[f"score_{rank}"] = entry["label"], entry["score"]
-            writer.writerow(row)
-    return buffer.getvalue()
-
-
-def write_features(directory: Path, predictions: Sequence[Prediction]) -> list[Path]:
-    """One ``.npy`` per readable video under ``directory`` at its relative path: ``(D,)`` or ``(W, D)``."""
-    written = []
-    for prediction in predictions:
-        if prediction.features is None:
-            continue
-        path = directory / prediction.relative.with_suffix(".npy")
-        buffer = io.BytesIO()
-        np.save(buffer, prediction.features.astype(np.float32))
-        with atomic_writer(path) as out:
-            out.write(buffer.getvalue())
-        written.append(path)
-    return written
-
-
-def _label_at(prediction: Prediction, classes: Sequence[str], seconds: float) -> str:
-    """The caption at ``seconds``: the video's top class, or the window's whose centre is nearest."""
-    probabilities = prediction.probabilities
-    if prediction.windows:
-        nearest = min(prediction.windows, key=lambda w: abs((w.start + w.end) / 2 - seconds))
-        probabilities = nearest.probabilities
-    best = prediction.top_k(classes, 1, probabilities)[0]
-    return f"{best['label']} {best['score']:.2f}"
-
-
-def _frames_with_captions(container, prediction: Prediction, classes: Sequence[str]) -> Iterator[np.ndarray]:
-    from PIL import Image, ImageDraw, ImageFont
-
-    stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 25)
-    font = None
-    for index, frame in enumerate(container.decode(stream)):
-        image = frame.to_image()
-        if font is None:
-            font = ImageFont.load_default(size=max(10, image.height // 18))
-        draw = ImageDraw.Draw(image)
-        text = _label_at(prediction, classes, index / fps)
-        left, top, right, bottom = draw.textbbox((4, 4), text, font=font)
-        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
-        draw.text((4, 4), text, fill=(255, 255, 255), font=font)
-        yield np.asarray(image)
-
-
-def render(directory: Path, prediction: Prediction, classes: Sequence[str]) -> Path:
-    """Write ``prediction``'s video again under ``directory`` (relative path, ``.mp4``, H.264) with its
-    top class and score (per window: the nearest window's) drawn in the top-left corner of every frame."""
-    import av
-
-    path = directory / prediction.relative.with_suffix(".mp4")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part.mp4")
-    with av.open(prediction.video) as source, av.open(str(temporary), "w") as target:
-        rate = source.streams.video[0].average_rate or 25
-        stream = None
-        for pixels in _frames_with_captions(source, prediction, classes):
-            if stream is None:
-                stream = target.add_stream("libx264", rate=rate)
-                stream.height, stream.width = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "20", "preset": "veryfast"}
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: stream.height, : stream.width]), format="rgb24")
-            target.mux(stream.encode(frame))
-        if stream is not None:
-            target.mux(stream.encode())
-    os.replace(temporary, path)
-    return path
-
-
-def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_clips: Optional[int] = None,
-                num_crops: Optional[int] = None, window: Optional[float] = None, stride: Optional[float] = None,
-                out: Optional[str] = None, features_dir: Optional[str] = None, render_dir: Optional[str] = None,
-                batch_size: Optional[int] = None, workers: int = 0, device: Optional[str] = None,
-                overrides: Sequence[str] = (), runtime: str = "eager", onnx: Optional[str] = None) -> int:
-    """``softpool3d-predict``: the table on stdout, and ``out`` / ``features_dir`` / ``render_dir`` if given.
-    Returns 1 when some video could not be decoded (each named in a warning), else 0."""
-    if out is not None:
-        output_format(out)  # before any work
-    if stride is not None and window is None:
-        raise ConfigError("--stride needs --window")
-    for name, value in (("--top-k", top_k), ("--clips", num_clips), ("--batch-size", batch_size),
-                        ("--window", window), ("--stride", stride)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    if workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {workers}")
-    videos = collect_videos(inputs)
-    recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides, runtime, onnx)
-    logger.info("%s: %s (%d classes) on %s (%s), %d videos", checkpoint, recognizer.cfg.model.name,
-                len(recognizer.classes), recognizer.device, runtime, len(videos))
-    predictions = recognizer.predict_videos(videos, num_clips=num_clips, num_crops=num_crops, window=window,
-                                            stride=stride, batch_size=batch_size, workers=workers,
-                                            features=features_dir is not None, progress=len(videos) > 3)
-    failed = [p for p in predictions if p.error is not None]
-    for prediction in failed:
-        logger.warning("cannot predict on %s: %s", prediction.video, prediction.error)
-    sys.stdout.write(format_table(predictions, recognizer.classes, top_k))
-    sys.stdout.flush()
-    if out is not None:
-        write_output(Path(out), checkpoint, recognizer.classes, predictions, top_k)
-        logger.info("predictions written to %s", out)
-    if features_dir is not None:
-        written = write_features(Path(features_dir), predictions)
-        logger.info("%d feature files written under %s", len(written), features_dir)
-    if render_dir is not None:
-        good = [p for p in predictions if p.error is None]
-        for prediction in tqdm(good, desc="render", disable=len(good) <= 3, leave=False, dynamic_ncols=True):
-            render(Path(render_dir), prediction, recognizer.classes)
-        logger.info("%d videos rendered under %s", len(good), render_dir)
-    if failed:
-        logger.warning("%d of %d videos could not be decoded", len(failed), len(predictions))
-    return 1 if failed else 0
-

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from softpool3d.datasets import ClipDataset
 from softpool3d.engine import builders
-from softpool3d.engine.distributed import DistInfo, ResumableDistributedSampler
+from softpool3d.engine.distributed import DistInfo
+from softpool3d.engine.sampler import ResumableDistributedSampler
 from softpool3d.engine.ema import ModelEma
 from softpool3d.engine.erasing import random_erase
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs

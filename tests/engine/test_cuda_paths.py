@@ -13,7 +13,8 @@ from softpool3d.engine import backends, builders
 from softpool3d.engine import train as train_module
 from softpool3d.engine.checkpoint import Progress, restore_training, rng_state, set_rng_state, training_checkpoint
 from softpool3d.engine.config import ConfigError, load_config
-from softpool3d.engine.distributed import ResumableDistributedSampler, init_distributed
+from softpool3d.engine.distributed import init_distributed
+from softpool3d.engine.sampler import ResumableDistributedSampler
 from softpool3d.engine.evaluate import evaluation_config
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.step_stats import gradient_norm, reduce_step

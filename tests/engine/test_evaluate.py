@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from softpool3d.datasets import build_dataset, worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.engine.distributed import DistInfo, ShardSampler
+from softpool3d.engine.distributed import DistInfo
+from softpool3d.engine.sampler import ShardSampler
 from softpool3d.engine.evaluate import UnreadableVideosError, evaluate, write_predictions
 from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes

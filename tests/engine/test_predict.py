@@ -14,7 +14,9 @@ from softpool3d.datasets import DEMO_CLASSES, write_video
 from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.datasets import transforms
 from softpool3d.engine import cli
-from softpool3d.engine.predict import Recognizer, collect_videos, window_spans
+from softpool3d.engine.predict import Recognizer
+from softpool3d.engine.video_inputs import collect_videos
+from softpool3d.engine.windows import window_spans
 
 CLASSES = list(DEMO_CLASSES)
 
