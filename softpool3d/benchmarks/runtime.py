@@ -44,7 +44,7 @@ def runtime_speed(model: str = "x3d_s", clip: tuple[int, int] = (13, 160), video
     with ``model`` at ``clip`` (frames, crop), eager and onnx, median of ``rounds`` interleaved rounds."""
     frames, crop = clip
     overrides = [f"model.name={model}", "model.width=null", f"data.num_frames={frames}", f"data.crop_size={crop}",
-                 f"data.test_scale={crop}", "train.device=cpu"]
+                 f"data.test_scale={crop}", f"data.train_scale=[{crop},{crop + 32}]", "train.device=cpu"]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         checkpoint = model_checkpoint(folder, overrides)
