@@ -1,5 +1,6 @@
 """Command lines of ``softpool3d-train`` / ``tools/train.py``, ``softpool3d-test`` / ``tools/test.py``,
-``softpool3d-predict`` / ``tools/predict.py`` and ``softpool3d-export`` / ``tools/export.py``.
+``softpool3d-predict`` / ``tools/predict.py``, ``softpool3d-export`` / ``tools/export.py`` and
+``softpool3d-explain`` / ``tools/explain.py``.
 
 The arguments are parsed before anything imports torch (the engine is imported inside each
 command's job), so ``--help`` answers at once. A user error (a bad config value, a missing file, a
@@ -224,5 +225,36 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         from softpool3d.engine.export import run_export
 
         return run_export(args.checkpoint, args.format, args.out, args.device, dynamic=args.dynamic)
+
+    return _run_reporting_user_errors(job, debug)
+
+
+def explain_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``softpool3d-explain CHECKPOINT VIDEO... --out DIR``: exit 0, 1 when some video could not be decoded,
+    2 on a user error."""
+    parser = argparse.ArgumentParser(
+        description="Pictures of why: the Grad-CAM of each video's top class on the model's last stage (a heat-map "
+                    "video and a PNG contact sheet) and what one SoftPool layer keeps of its input (a PNG).")
+    parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
+    parser.add_argument("inputs", nargs="+", metavar="VIDEO",
+                        help="video files, folders (searched recursively) or @list.txt (one path a line)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for <video>-gradcam.mp4/.png and "
+                                                                    "<video>-softpool.png")
+    parser.add_argument("--top-k", type=int, default=3, help="classes named on the contact sheet (default: 3)")
+    parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                        help="explain this class instead of each video's top-1")
+    parser.add_argument("--pool-layer", default=None, metavar="NAME",
+                        help="the SoftPool layer to draw, by module name (default: the model's first)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_debug(parser)
+    args = parser.parse_args(argv)
+    debug = _debug_requested(args)
+    setup_logging(debug)
+
+    def job() -> int:
+        from softpool3d.engine.explain_command import run_explain
+
+        return run_explain(args.checkpoint, args.inputs, args.out, top_k=args.top_k, class_name=args.class_name,
+                           pool_layer=args.pool_layer, device=args.device)
 
     return _run_reporting_user_errors(job, debug)
