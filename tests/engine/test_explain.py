@@ -94,7 +94,7 @@ def test_cam_of_a_motion_driven_model_falls_inside_the_moving_box(tmp_path):
     top, left, bottom, right = BOX
     area = (bottom - top) * (right - left) / 64 ** 2
     inside = cam_mass_inside(explained.cam, BOX)
-    assert inside > 0.8 > 3 * area, (inside, area)
+    assert inside > 0.7 > 4 * area, (inside, area)
 
 
 def test_pictured_softpool_weights_are_each_windows_softmax_and_give_the_ops_output():
