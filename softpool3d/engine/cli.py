@@ -4,7 +4,9 @@
 The arguments are parsed before anything imports torch (the engine is imported inside each
 command's job), so ``--help`` answers at once. A user error (a bad config value, a missing file, a
 damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
-exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead.
+exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead. A training job
+stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits with 75
+(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`).
 """
 from __future__ import annotations
 
@@ -90,12 +92,17 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
+        from softpool3d.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
         from softpool3d.engine.summary import split_label
         from softpool3d.engine.train import train
 
         cfg = load_config(args.config, args.overrides)
         check_runnable(cfg)
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except Preempted as stop:
+            logger.warning("%s", stop)
+            return PREEMPTED_EXIT_CODE
         if int(os.environ.get("RANK", "0")) == 0:
             figures = []
             if result.val_top1 is not None:

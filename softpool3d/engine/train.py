@@ -48,11 +48,15 @@ from softpool3d.engine.distributed import (
 )
 from softpool3d.engine.evaluate import EvalResult, evaluate, evaluation_loader, report_left_out, test_model
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
-from softpool3d.engine.loaders import EpochIndexed, run_loader
+from softpool3d.engine.loader_failures import explain_loader_failure
+from softpool3d.engine.loaders import EpochIndexed, dead_worker_signals, run_loader
 from softpool3d.engine.nonfinite import NonFiniteGuard, NonFiniteLossError, count_nonfinite, nonfinite_training_state
 from softpool3d.engine.optim import build_optimizer, build_scheduler
+from softpool3d.engine.preemption import Preempted, PreemptionWatch
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
 from softpool3d.engine.sampler import build_train_sampler
+from softpool3d.engine.stall_watch import (ALL_REDUCE, CHECKPOINT, FORWARD_BACKWARD, TEST, VALIDATION,
+                                           WAITING_FOR_DATA, StallWatch)
 from softpool3d.engine.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.summary import log_startup_summary, split_label
 from softpool3d.engine.switches import TrainingSwitches
@@ -111,14 +115,25 @@ def train(cfg: DictConfig, step_callbacks: Sequence[StepCallback] = ()) -> Train
     """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one).
 
     After every optimizer step the loop calls the ``debug`` section's callbacks
-    (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``.
+    (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``. SIGTERM, SIGINT
+    or SIGUSR1 stop every rank after the same step with a checkpoint and raise :class:`Preempted`
+    (:mod:`~softpool3d.engine.preemption`); a rank that stops advancing is reported by every rank
+    (:mod:`~softpool3d.engine.stall_watch`).
     """
     backends.configure_determinism(cfg.train.deterministic)  # before CUDA starts
     dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     lock = None
     try:
-        lock = _claim_run_dir(cfg, dist_info)
-        return _Trainer(cfg, dist_info, [*debug_callbacks(cfg.debug), *step_callbacks]).run()
+        with PreemptionWatch() as preemption, \
+                StallWatch.for_job(dist_info.rank, dist_info.world_size, cfg.train.stall_warn_s) as watch:
+            try:
+                lock = _claim_run_dir(cfg, dist_info)
+                return _Trainer(cfg, dist_info, [*debug_callbacks(cfg.debug), *step_callbacks], preemption,
+                                watch).run()
+            except Exception as error:
+                watch.annotate(error)
+                explain_loader_failure(error, cfg.data.num_workers, dead_worker_signals())
+                raise
     finally:
         if lock is not None:
             lock.release()
@@ -141,8 +156,10 @@ def _claim_run_dir(cfg: DictConfig, dist_info: DistInfo) -> Optional[RunLock]:
 
 
 class _Trainer:
-    def __init__(self, cfg: DictConfig, dist_info: DistInfo, step_callbacks: Sequence[StepCallback]) -> None:
+    def __init__(self, cfg: DictConfig, dist_info: DistInfo, step_callbacks: Sequence[StepCallback],
+                 preemption: PreemptionWatch, watch: StallWatch) -> None:
         self.cfg, self.dist, self.step_callbacks = cfg, dist_info, list(step_callbacks)
+        self.preemption, self.watch, self.stop_agreed = preemption, watch, False
         self.device = dist_info.device
         self.run_dir = run_dir(cfg)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -223,6 +240,7 @@ class _Trainer:
         Raises :class:`NonFiniteLossError` on every rank, writing nothing, if a model or optimizer
         tensor of rank 0 holds a NaN or an inf.
         """
+        self.watch.enter(CHECKPOINT, self.progress.step)
         path = self.checkpoint_dir / f"{name}.pt"
         bad = nonfinite_training_state(self.model, self.optimizer) if self.dist.is_main else None
         gathered = all_gather_objects((rng_state(), bad))
@@ -257,6 +275,8 @@ class _Trainer:
                     self.progress.best_top1 = val_top1
                     self._checkpoint("best")
             last = self._checkpoint("last")
+            if self.preemption.agreed(self.device):
+                raise self._preempted(last)
         test = self._test() if cfg.train.test_after_train else None
         self.board.close()
         best = self.checkpoint_dir / "best.pt"
@@ -290,7 +310,9 @@ class _Trainer:
             buffers = self._snapshot_buffers() if cfg.train.nonfinite == "skip" else None
             for micro in range(accumulate):
                 fetched = time.perf_counter()
+                self.watch.enter(WAITING_FOR_DATA, state.step + 1)
                 clips, labels, _ = next(batches)
+                self.watch.enter(FORWARD_BACKWARD)
                 wait += time.perf_counter() - fetched
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
@@ -321,7 +343,14 @@ class _Trainer:
             self.board.scalars({"train/loss": loss_mean, "train/lr": lr, "train/clips_per_s": clips_per_s,
                                 "train/data_wait_s": wait}, state.step)
             self._after_step()
+            if self.stop_agreed:
+                raise self._preempted(self._checkpoint("last"))
         bar.close()
+
+    def _preempted(self, checkpoint: Path) -> Preempted:
+        """The every-rank stop after a signal: TensorBoard flushed, ``checkpoint`` already written."""
+        self.board.close()
+        return Preempted(self.progress.step, self.preemption.signal_name, checkpoint)
 
     def _snapshot_buffers(self) -> list[torch.Tensor]:
         return [buffer.clone() for buffer in self.model.buffers()]
@@ -339,8 +368,10 @@ class _Trainer:
             self.scaler.unscale_(self.optimizer)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         norm = gradient_norm(trainable, cfg.train.grad_clip)
+        self.watch.enter(ALL_REDUCE)
         summary = reduce_step(local_loss, norm, self.scaler is None, count_nonfinite(self.float_buffers),
-                              self.dist.world_size, self.device)
+                              self.dist.world_size, self.device, stop=self.preemption.requested)
+        self.stop_agreed = summary.stop
         loss_mean, problems = summary.loss, summary.problems
         where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch + 1}, loss {loss_mean:.6g}, "
                  f"grad norm {summary.grad_norm:.6g})")
@@ -372,6 +403,7 @@ class _Trainer:
     def _validate(self, epoch: int) -> float:
         """Validate the models :meth:`TrainingSwitches.eval_models` names; returns the first's clip top-1."""
         cfg = self.cfg
+        self.watch.enter(VALIDATION, self.progress.step)
         results = []
         for name, model in self.switches.eval_models(self.model, epoch, self.progress.step):
             result = evaluate(model, self.val_set, self.dist, cfg.data.test_batch_size, cfg.data.num_workers,
@@ -387,6 +419,7 @@ class _Trainer:
         return results[0].top1
 
     def _test(self) -> EvalResult:
+        self.watch.enter(TEST, self.progress.step)
         _, model = self.switches.eval_models(self.model, self.progress.epoch - 1, self.progress.step)[0]
         result = test_model(model, self.test_set, self.cfg, self.dist, self.amp, self.run_dir / "test",
                             split_label(self.cfg, "test"), self.left_out_reported)
