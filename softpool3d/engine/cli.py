@@ -6,7 +6,8 @@ command's job), so ``--help`` answers at once. A user error (a bad config value,
 damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
 exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead. A training job
 stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits with 75
-(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`).
+(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`); rank 0 then also writes the file
+``SOFTPOOL3D_PREEMPTED_FILE`` names, if set (torchrun turns its workers' 75 into its own 1).
 """
 from __future__ import annotations
 
@@ -46,7 +47,13 @@ USER_ERROR_EXIT_CODE = 2
 
 
 def setup_logging(debug: bool = False) -> None:
-    """INFO messages on stdout from rank 0 (DEBUG with ``debug``); warnings only from the other ranks."""
+    """INFO messages on stdout from rank 0 (DEBUG with ``debug``); warnings only from the other ranks.
+
+    A task of ``srun`` (no torchrun) first takes its rank and peers from SLURM's variables
+    (:func:`~softpool3d.engine.slurm_env.adopt_slurm_task_environment`)."""
+    from softpool3d.engine.slurm_env import adopt_slurm_task_environment
+
+    adopt_slurm_task_environment()
     rank = int(os.environ.get("RANK", "0"))
     level = (logging.DEBUG if debug else logging.INFO) if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stdout,
@@ -102,6 +109,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
             result = train(cfg)
         except Preempted as stop:
             logger.warning("%s", stop)
+            marker = os.environ.get("SOFTPOOL3D_PREEMPTED_FILE")
+            if marker and int(os.environ.get("RANK", "0")) == 0:  # for wrappers that see no exit status (torchrun)
+                with open(marker, "w") as file:
+                    file.write(f"{stop}\n")
             return PREEMPTED_EXIT_CODE
         if int(os.environ.get("RANK", "0")) == 0:
             figures = []

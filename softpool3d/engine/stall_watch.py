@@ -11,6 +11,8 @@ for it::
     rank 1 has not advanced for 6 s: waiting for data at step 3 (waiting for it: rank 0 in forward
     and backward at step 3)
 
+"waiting for data" starts once a step's all-reduce is done: the optimizer update, logging and
+step callbacks of the step before, then the wait for the next batch.
 A rank whose heartbeat itself stopped (a frozen or dead process) is named as such. The last such
 report is attached to the error that ends the job (:meth:`StallWatch.annotate`).
 """

@@ -328,6 +328,7 @@ class _Trainer:
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 loss_sum += loss.detach().double()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
+            self.watch.enter(WAITING_FOR_DATA, state.step + 2)  # past the collective: bookkeeping, next batch
             self.switches.after_step(self.model, updated=self.guard.last_step_ok)
             elapsed = time.perf_counter() - started
             clips_per_step = accumulate * batch_size * repeats * self.dist.world_size
