@@ -5,7 +5,10 @@
 The arguments are parsed before anything imports torch (the engine is imported inside each
 command's job), so ``--help`` answers at once. A user error (a bad config value, a missing file, a
 damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
-exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead.
+exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead. A training job
+stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits with 75
+(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`); rank 0 then also writes the file
+``SOFTPOOL3D_PREEMPTED_FILE`` names, if set (torchrun turns its workers' 75 into its own 1).
 """
 from __future__ import annotations
 
@@ -46,7 +49,13 @@ USER_ERROR_EXIT_CODE = 2
 
 def setup_logging(debug: bool = False, stream=None) -> None:
     """INFO messages on ``stream`` (default stdout) from rank 0 (DEBUG with ``debug``); warnings only from
-    the other ranks."""
+    the other ranks.
+
+    A task of ``srun`` (no torchrun) first takes its rank and peers from SLURM's variables
+    (:func:`~softpool3d.engine.slurm_env.adopt_slurm_task_environment`)."""
+    from softpool3d.engine.slurm_env import adopt_slurm_task_environment
+
+    adopt_slurm_task_environment()
     rank = int(os.environ.get("RANK", "0"))
     level = (logging.DEBUG if debug else logging.INFO) if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stdout if stream is None else stream,
@@ -92,12 +101,21 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
+        from softpool3d.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
         from softpool3d.engine.splits import split_label
         from softpool3d.engine.train import train
 
         cfg = load_config(args.config, args.overrides)
         check_runnable(cfg)
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except Preempted as stop:
+            logger.warning("%s", stop)
+            marker = os.environ.get("SOFTPOOL3D_PREEMPTED_FILE")
+            if marker and int(os.environ.get("RANK", "0")) == 0:  # for wrappers that see no exit status (torchrun)
+                with open(marker, "w") as file:
+                    file.write(f"{stop}\n")
+            return PREEMPTED_EXIT_CODE
         if int(os.environ.get("RANK", "0")) == 0:
             figures = []
             if result.val_top1 is not None:

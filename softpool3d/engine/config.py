@@ -142,7 +142,9 @@ class TrainConfig:
     ``device``: auto (CUDA when there is a GPU) | cpu | cuda. ``num_threads``: CPU threads of
     each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
     ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
-    long a collective waits for a peer before failing (under torchrun).
+    long a collective waits for a peer before failing (under torchrun). ``stall_warn_s``: every
+    rank logs a rank whose phase (waiting for data, forward and backward, all-reduce, checkpoint,
+    validation) has not changed for this long, naming it (0: off; :mod:`softpool3d.engine.stall_watch`).
 
     Switches for small sets (all off by default; see :mod:`softpool3d.engine.switches`):
     ``mixup_alpha`` / ``cutmix_alpha``: Beta(alpha, alpha) mixing of a batch with its reverse
@@ -166,6 +168,7 @@ class TrainConfig:
     nonfinite: str = "stop"
     max_consecutive_skips: int = 3
     dist_timeout_s: int = 600
+    stall_warn_s: float = 60.0
     seed: int = 0
     deterministic: bool = False
     channels_last: bool = False
@@ -183,11 +186,22 @@ class DebugConfig:
     (:func:`softpool3d.engine.callbacks.debug_callbacks`).
 
     ``kill_at_step``: after that optimizer step, SIGKILL rank ``kill_rank`` (-1: every rank); only
-    on a job's first attempt, not after a torchrun restart.
+    on a job's first attempt, not after a torchrun restart. ``signal_at_step``: after that step,
+    rank ``signal_rank`` (-1: every rank) sends itself ``signal`` (TERM, INT or USR1), or its whole
+    process group (DataLoader workers and fork server too, as SLURM and a terminal do) with
+    ``signal_group``; first attempt only. ``stall_at_step``: after that step, rank ``stall_rank``
+    sleeps ``stall_s`` seconds before fetching its next batch (a rank stuck in video loading).
     """
 
     kill_at_step: int = -1
     kill_rank: int = -1
+    signal_at_step: int = -1
+    signal_rank: int = -1
+    signal: str = "TERM"
+    signal_group: bool = False
+    stall_at_step: int = -1
+    stall_rank: int = 1
+    stall_s: float = 0.0
     step_checksums: bool = False
 
 
@@ -224,6 +238,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "train.amp": ("auto", "none", "bf16", "fp16"),
         "train.nonfinite": ("stop", "skip"),
         "train.device": ("auto", "cpu", "cuda"),
+        "debug.signal": ("TERM", "INT", "USR1"),
         "data.sampler": ("uniform", "class_balanced"),
         "data.format": ("video", "shards"),
     }
@@ -284,6 +299,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every_steps": _at_least(0),
     "train.max_consecutive_skips": _at_least(1),
     "train.dist_timeout_s": _at_least(1),
+    "train.stall_warn_s": _at_least(0),
     "train.mixup_alpha": _at_least(0),
     "train.cutmix_alpha": _at_least(0),
     "train.mix_prob": _in_range(0, 1),
