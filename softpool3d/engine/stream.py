@@ -38,6 +38,7 @@ from typing import IO, Optional, Sequence
 import numpy as np
 import torch
 
+from softpool3d.datasets import VideoInfo
 from softpool3d.engine import builders
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.evaluate import forward_views
@@ -49,13 +50,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _BufferedVideo:
-    """The frames of one window, read as :meth:`ClipDataset.test_view` reads an ``OpenVideo``."""
+    """The frames of one window, read as :meth:`ClipDataset.test_view` reads an ``OpenVideo``, and its
+    frame rate ``fps`` (frames the window holds over the window's seconds)."""
 
     pixels: list[np.ndarray]
+    fps: float
+    path: str = "stream"
 
     @property
-    def info(self):
-        return type("Info", (), {"num_frames": len(self.pixels)})()
+    def info(self) -> VideoInfo:
+        return VideoInfo(len(self.pixels), self.fps)
 
     def frames(self, indices: Sequence[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.pixels[i] for i in indices]))
@@ -154,7 +158,7 @@ class StreamPredictor:
 
     def probabilities(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Mean softmax ``(K,)`` over the test views of ``frames`` (uint8 ``(H, W, 3)`` each), one forward pass."""
-        video = _BufferedVideo(list(frames))
+        video = _BufferedVideo(list(frames), len(frames) / self.window)
         views = torch.stack([self.clips.test_view(video, view, (0, len(frames))) for view in range(self.clips.num_views)])
         recognizer = self.recognizer
         with torch.no_grad():
