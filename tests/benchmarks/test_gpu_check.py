@@ -56,7 +56,8 @@ def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
     site = _deploy_module("site")
     (tmp_path / "wheels").mkdir()
     site.prepare_site(tmp_path / "wheels", tmp_path / "site", dry_run=True)
-    code = ("import av, softpool3d.models\nassert issubclass(av.error.FFmpegError, Exception)\n"
+    assert (tmp_path / "site" / "softpool3d" / "models").resolve() == REPO / "models"  # laid out as installed
+    code = ("import av\nassert issubclass(av.error.FFmpegError, Exception)\n"
             "try:\n    av.open('x.mp4')\nexcept ImportError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
                           check=True)
