@@ -56,7 +56,8 @@ def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
     site = _deploy_module("site")
     (tmp_path / "wheels").mkdir()
     site.prepare_site(tmp_path / "wheels", tmp_path / "site", dry_run=True)
-    code = ("import av, softpool3d.models\nassert issubclass(av.error.FFmpegError, Exception)\n"
+    assert (tmp_path / "site" / "softpool3d" / "models").resolve() == REPO / "models"  # laid out as installed
+    code = ("import av\nassert issubclass(av.error.FFmpegError, Exception)\n"
             "try:\n    av.open('x.mp4')\nexcept ImportError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
                           check=True)
@@ -252,3 +253,24 @@ def test_dry_run_without_the_extension_says_not_ok_for_every_kernel_step(tmp_pat
     assert {name: entry["status"].split(" (")[0] for name, entry in results["steps"].items()} == {
         name: "NOT OK: no compiled extension" for name in steps}
     assert f"NOT OK: {', '.join(steps)}" in (out / "gpu_check.log").read_text()
+
+
+def test_sigterm_to_the_check_keeps_the_running_steps_partial_results(tmp_path, monkeypatch):
+    """The check's orchestration under SIGTERM: the running step's processes die, what it wrote
+    so far lands in gpu_check.json with its status, and the check exits 128 + 15."""
+    command, log = _escaping_step(tmp_path)
+    measured = {"rows": [{"method": "softpool3d", "markdown": "| (1, 4, 4, 8, 8) | float32 | softpool3d |"}]}
+    (tmp_path / "bench_op.partial.json").write_text(json.dumps(measured))
+    monkeypatch.setattr(orchestrate, "_prepare_site", lambda args, work, results: dict(os.environ))
+    monkeypatch.setattr(orchestrate, "_step_command", lambda step, args, work, deadline: command)
+    args = orchestrate.argparse.Namespace(out=str(tmp_path / "out"), wheels=None, videos=str(tmp_path),
+                                          authors_kernel=None, work=str(tmp_path), dry_run=True,
+                                          steps="bench_op", budget_s=100)
+    (tmp_path / "out").mkdir()
+    threading.Thread(target=lambda: (_started_pids(log), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
+    assert orchestrate.orchestrate(args) == 128 + signal.SIGTERM
+    assert _gone(_started_pids(log))
+    entry = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]["bench_op"]
+    assert entry["status"] == "NOT OK: killed by SIGTERM"
+    assert entry["result"] == {**measured, "partial": True}
+    assert "| (1, 4, 4, 8, 8) | float32 | softpool3d |" in (tmp_path / "out" / "gpu_check.md").read_text()

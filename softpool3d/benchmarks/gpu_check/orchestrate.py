@@ -30,7 +30,7 @@ DEPLOY = REPO / "tools" / "gpu_deploy"
 DEFAULT_WHEELS = REPO / ".whl"
 DEFAULT_VIDEOS = REPO / ".gpu_data" / "videos"
 TOTAL_BUDGET_S = 480
-DRY_RUN_CAP_S = 300  # per step on a shared 2-core CPU
+DRY_RUN_CAP_S = 600  # per step on a shared 2-core CPU
 
 STEPS = [
     Step("environment", "Preflight, environment and the extension's builds", 150, step_environment),

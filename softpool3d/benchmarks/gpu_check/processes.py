@@ -2,13 +2,14 @@
 group of its own, and whatever ends it (its cap, SIGTERM or SIGINT to the check, the death of its
 parent) ends every process it started, however deep and whichever session it moved to.
 
-Three mechanisms together: the group is killed whole (:func:`run_group`); the process that starts
-the group is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``), so that orphans of the group (a
-grandchild that called ``setsid``) are re-parented to it and found by :func:`kill_descendants`; and
-every child gets ``PR_SET_PDEATHSIG``, so that a SIGKILL of its parent (the device's kill at its
-command limit, which no handler sees) kills it too. SIGTERM and SIGINT raise :class:`Interrupted`
-in the main thread (:func:`interrupt_on_signals`), so that the caller kills the running group and
-writes what it has before it exits.
+Three mechanisms together: the group is killed whole (:func:`run_group`); every process the group
+starts inherits a mark in its environment (:data:`MARK`, one token per :func:`run_group`, nested
+ones appended), so that :func:`kill_marked` finds the processes that left the group (a grandchild
+that called ``setsid``, one re-parented to init) and kills them too, and nothing else; and every
+child gets ``PR_SET_PDEATHSIG``, so that a SIGKILL of its parent (the device's kill at its command
+limit, which no handler sees) kills it too. SIGTERM and SIGINT raise :class:`Interrupted` in the
+main thread (:func:`interrupt_on_signals`), so that the caller kills the running group and writes
+what it has before it exits.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-SPARED: set[int] = set()
-"""Descendants that :func:`kill_descendants` leaves alone: the log's ``tee`` (:class:`Tee`)."""
+MARK = "SOFTPOOL3D_GPU_CHECK_GROUPS"
+"""The environment variable that marks every process a :func:`run_group` started: its tokens,
+separated by ``:``."""
 
 
 class Interrupted(Exception):
@@ -47,70 +48,58 @@ def _prctl(option: int, value: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
-def become_subreaper() -> None:
-    """Orphaned descendants of this process are re-parented to it rather than to init."""
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
 def _own_group_dying_with_parent() -> None:  # preexec_fn: runs in the child before exec
     os.setpgid(0, 0)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _alive_children() -> dict[int, list[int]]:
-    """Parent pid -> pids of its children that are not zombies, from /proc."""
-    table: dict[int, list[int]] = {}
+def marked(token: str) -> list[int]:
+    """The live processes (but this one) whose environment holds ``token`` in :data:`MARK`."""
+    found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z":
-            table.setdefault(int(fields[1]), []).append(int(entry))
-    return table
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``."""
-    table, found, stack = _alive_children(), [], [pid]
-    while stack:
-        children = table.get(stack.pop(), [])
-        found += children
-        stack += children
+        for variable in environ.split(b"\0"):
+            if variable.startswith(MARK.encode() + b"=") and token.encode() in variable.split(b"=", 1)[1].split(b":"):
+                if state != "Z":
+                    found.append(int(entry))
+                break
     return found
 
 
-def kill_descendants(keep: frozenset[int] = frozenset(), patience_s: float = 5.0) -> None:
-    """SIGKILL every descendant of this process but ``keep`` and :data:`SPARED`, until none is left:
-    with this process a subreaper, the orphans of each killed one come back here."""
+def kill_marked(token: str, patience_s: float = 5.0) -> None:
+    """SIGKILL every process marked with ``token``, until none is left."""
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
-        left = [pid for pid in descendants(os.getpid()) if pid not in keep and pid not in SPARED]
+        left = marked(token)
         if not left:
             return
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for pid in left:  # reap the adopted ones; a Popen's own child is reaped by its wait()
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
 
 
-def run_group(command: list[str], timeout: float, cwd: Path, env: Optional[dict] = None, capture: bool = False,
-              keep: frozenset[int] = frozenset()) -> tuple[Optional[int], str]:
+def run_group(command: list[str], timeout: float, cwd: Path, env: Optional[dict] = None,
+              capture: bool = False) -> tuple[Optional[int], str]:
     """Run ``command`` in a process group of its own, streaming its output (and keeping the last
     4000 characters when ``capture``); returns its exit code (``None`` when killed at ``timeout``)
     and that tail. On its timeout, or when :class:`Interrupted` (or anything else) stops the wait,
-    the group and every other descendant of this process but ``keep`` are killed first."""
-    become_subreaper()
+    the group and every process it started (:func:`kill_marked`) are killed first; after a normal
+    exit, so are the processes it left behind."""
     say("$ " + " ".join(command))
     lines: list[str] = []
+    token = f"{os.getpid()}.{time.monotonic_ns()}"
+    env = dict(env or os.environ)
+    env[MARK] = ":".join(filter(None, [env.get(MARK), token]))
     process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else None,
-                               stderr=subprocess.STDOUT if capture else None, text=True, cwd=cwd,
-                               env=env or os.environ.copy(), preexec_fn=_own_group_dying_with_parent)
+                               stderr=subprocess.STDOUT if capture else None, text=True, cwd=cwd, env=env,
+                               preexec_fn=_own_group_dying_with_parent)
     reader = None
     if capture:
         def pump() -> None:
@@ -131,7 +120,7 @@ def run_group(command: list[str], timeout: float, cwd: Path, env: Optional[dict]
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        kill_descendants(keep)
+        kill_marked(token)
     if reader is not None:
         reader.join(timeout=10)
     return code, "".join(lines)[-4000:]
@@ -162,7 +151,6 @@ class Tee:
         self.reader, writer = os.pipe()
         self.saved = os.dup(1), os.dup(2)
         self.copier = subprocess.Popen(["tee", str(self.path)], stdin=self.reader, stdout=self.saved[0])
-        SPARED.add(self.copier.pid)
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(writer, 1)
@@ -177,4 +165,3 @@ class Tee:
         os.dup2(self.saved[1], 2)
         os.close(self.reader)
         self.copier.wait()
-        SPARED.discard(self.copier.pid)
