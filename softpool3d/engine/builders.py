@@ -31,7 +31,7 @@ from softpool3d.engine.optim import build_optimizer as optimizer_of
 from softpool3d.engine.optim import build_scheduler as schedule_of
 from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.splits import split_label
-from softpool3d.engine.switches import TrainingSwitches
+from softpool3d.engine.switches import SwitchContext, TrainingSwitches, build_switches
 from softpool3d.engine.training_state import model_weights
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
@@ -260,7 +260,10 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(dist_info.device.type) if train.amp == "fp16" else None
-    switches = TrainingSwitches(cfg, model, train_set, dist_info, len(classes), normalizer)
+    context = SwitchContext(model, train_set, dist_info, len(classes), normalizer, amp, train.seed, data.batch_size,
+                            data.num_workers)
+    switches = TrainingSwitches(build_switches(cfg, context), nn.CrossEntropyLoss(label_smoothing=train.label_smoothing),
+                                train.seed, dist_info.rank)
     guard = NonFiniteGuard(train.nonfinite, train.max_consecutive_skips)
     return TrainingParts(directory, train_set, val_set, test_set, classes, model, memory_format, amp, amp_reason,
                          normalizer, sampler, loader, generator, val_loader, steps_per_epoch, optimizer, scheduler,

@@ -60,7 +60,7 @@ class DataConfig:
     magnitude ``rand_augment_m`` (0-30, torchvision's scale) drawn once per clip and applied to
     every frame alike (:mod:`softpool3d.datasets.rand_augment`); ``random_erasing``: the
     probability that a training clip gets one box erased through all its frames
-    (:mod:`softpool3d.engine.erasing`). ``sampler``: ``uniform`` (each training video once an
+    (:mod:`softpool3d.engine.switches.erasing`). ``sampler``: ``uniform`` (each training video once an
     epoch) or ``class_balanced`` (videos drawn with replacement, each class equally often;
     :mod:`softpool3d.engine.sampler`).
     """

@@ -185,7 +185,7 @@ class _Trainer:
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.settings.data_root}")
         self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                         self.dist.rank, self.dist.world_size, self.switches.ema)
+                                         self.dist.rank, self.dist.world_size, self.switches)
         self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
         self.guard.last_checkpoint = (path, self.progress.step)
         logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
@@ -210,7 +210,7 @@ class _Trainer:
                                            consecutive_skips=self.guard.consecutive)
             save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, progress,
                                                 self.sampler.epoch, self.settings.config, self.classes, states,
-                                                self.switches.ema),
+                                                self.switches.state_dict(), self.switches.eval_weights),
                             path)
         if name == "last":
             self.guard.last_checkpoint = (path, self.progress.step)
