@@ -12,7 +12,8 @@ from softpool3d.datasets.builder import build_dataset, load_annotations
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_video
 from softpool3d.datasets.index import LabelList, PathList
-from softpool3d.datasets.registry import DATASET_NAMES, DatasetFormat, dataset_format, list_datasets, register_dataset
+from softpool3d.datasets.registry import DATASET_NAMES, SPLITS, DatasetFormat, dataset_format, list_datasets, register_dataset
+from softpool3d.datasets.sampling import NUM_CROPS
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
 from softpool3d.datasets.workers import freeze_inherited_objects, worker_context
 
@@ -21,11 +22,13 @@ __all__ = [
     "Annotations",
     "ClipDataset",
     "DATASET_NAMES",
+    "NUM_CROPS",
     "DEMO_CLASSES",
     "DatasetFormat",
     "LabelList",
     "OpenVideo",
     "PathList",
+    "SPLITS",
     "VideoInfo",
     "VideoReadError",
     "build_dataset",

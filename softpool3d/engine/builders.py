@@ -28,6 +28,7 @@ from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.nonfinite import NonFiniteGuard
 from softpool3d.engine.optim import build_optimizer as optimizer_of
+from softpool3d.engine.run_layout import RunLayout
 from softpool3d.engine.optim import build_scheduler as schedule_of
 from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.splits import split_label
@@ -82,7 +83,7 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         fold=data.fold,
         val_fraction=data.val_fraction,
         val_seed=data.val_seed,
-        missing_list=run_dir(cfg) / f"missing_{split}.txt",
+        missing_list=RunLayout(run_dir(cfg)).missing_list(split),
         **clip_options(cfg, train, num_clips, num_crops),
     )
 
@@ -231,7 +232,7 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     set_threads(cfg)
     if dist_info.is_main:
         prepare_data(cfg)
-        save_config(cfg, directory / "config.yaml")
+        save_config(cfg, RunLayout(directory).config)
     barrier()
     data, train = cfg.data, cfg.train
     train_set = build_dataset(cfg, data.train_split, train=True)
