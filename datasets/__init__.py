@@ -12,6 +12,8 @@ from softpool3d.datasets.builder import build_dataset, load_annotations
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_video
 from softpool3d.datasets.index import LabelList, PathList
+from softpool3d.datasets.shard_dataset import ShardDataset, ShardSet, build_shard_dataset
+from softpool3d.datasets.shard_index import ShardIndexError
 from softpool3d.datasets.registry import DATASET_NAMES, SPLITS, DatasetFormat, dataset_format, list_datasets, register_dataset
 from softpool3d.datasets.sampling import NUM_CROPS
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
@@ -29,9 +31,13 @@ __all__ = [
     "OpenVideo",
     "PathList",
     "SPLITS",
+    "ShardDataset",
+    "ShardIndexError",
+    "ShardSet",
     "VideoInfo",
     "VideoReadError",
     "build_dataset",
+    "build_shard_dataset",
     "dataset_format",
     "freeze_inherited_objects",
     "list_datasets",

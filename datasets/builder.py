@@ -88,8 +88,27 @@ def load_annotations(
     folder = Path(annotations) if annotations is not None else dataset.default_annotations(root)
     source, carve = dataset.plan(root, folder, split)
     index = read_index(dataset, root, folder, source, fold, cache)
-    wanted = np.ones(len(index.labels), dtype=bool)
     listing = f"the {source} list" if source != "all" else f"the single list {folder or root}"
+    return select_split(dataset, index, split, carve, listing, root, val_fraction=val_fraction,
+                        val_seed=val_seed, missing_list=missing_list)
+
+
+def select_split(
+    dataset: DatasetFormat,
+    index: VideoIndex,
+    split: str,
+    carve: bool,
+    listing: str,
+    root: PathLike,
+    *,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
+    missing_list: PathLike | None = None,
+) -> Annotations:
+    """The videos of ``split`` in ``index`` (a parsed annotation list, described as ``listing`` in logs):
+    val carved out when ``carve`` (see :func:`load_annotations`), missing videos reported and left out."""
+    name = dataset.name
+    wanted = np.ones(len(index.labels), dtype=bool)
     origin = listing
     if carve:
         if val_fraction <= 0.0 and split == "val":

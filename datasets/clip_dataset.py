@@ -50,6 +50,14 @@ class SkippedFiles:
         self.folder = state["folder"]
 
 
+def stored_rate(sampling_rate: int, frame_step: int, where: object) -> int:
+    """The sampling rate in stored frames: ``sampling_rate / frame_step``, which must be whole."""
+    if sampling_rate % frame_step:
+        raise ValueError(f"{where} keeps every {frame_step}-th frame, which does not divide sampling_rate={sampling_rate}; "
+                         f"prepare shards with a frame step that divides it")
+    return sampling_rate // frame_step
+
+
 def _checked(indices: Sequence[int], num_frames: int, sampler: str) -> Sequence[int]:
     """``indices`` when there are ``num_frames`` of them, else an error naming the sampler."""
     if len(indices) != num_frames:
@@ -182,15 +190,22 @@ class ClipDataset(Dataset):
         """Draw training clips for ``epoch`` (call before creating the epoch's DataLoader iterator)."""
         self.epoch = epoch
 
+    def train_draw(self, video: OpenVideo, index: int) -> tuple[list[torch.Generator], Sequence[int]]:
+        """Item ``index``'s generators (one per repeat) and the frame indices of its clip in ``video``,
+        drawn from repeat 0's generator; the transforms then draw from each repeat's generator."""
+        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
+        rate = stored_rate(self.sampling_rate, video.info.frame_step, video.path)
+        indices = self.train_sampler(video.info.num_frames, self.num_frames, rate, generators[0])
+        return generators, _checked(indices, self.num_frames, "train_sampler")
+
     def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
         """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1.
 
         The frames are drawn and decoded once, with repeat 0's generator; each repeat ``r`` then
         draws its own scale, crop and flip from generator ``r``.
         """
-        generators = [sample_generator(self.seed, self.epoch, index, r) for r in range(self.repeat_aug)]
-        indices = self.train_sampler(video.info.num_frames, self.num_frames, self.sampling_rate, generators[0])
-        frames = video.frames(_checked(indices, self.num_frames, "train_sampler"))
+        generators, indices = self.train_draw(video, index)
+        frames = video.frames(indices)
         views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 
@@ -200,14 +215,20 @@ class ClipDataset(Dataset):
         ``first .. end - 1`` only (a window of a long video); default the whole video."""
         first, end = span if span is not None else (0, video.info.num_frames)
         clip_index, crop_index = divmod(view, self.num_crops)
-        clips = self.test_sampler(end - first, self.num_frames, self.sampling_rate, self.num_clips)
+        rate = stored_rate(self.sampling_rate, video.info.frame_step, video.path)
+        clips = self.test_sampler(end - first, self.num_frames, rate, self.num_clips)
         if len(clips) != self.num_clips:
             raise ValueError(f"test_sampler gave {len(clips)} clips, expected num_clips={self.num_clips}")
         indices = [first + i for i in _checked(clips[clip_index], self.num_frames, "test_sampler")]
         return self.transform(video.frames(indices), crop_index)
 
+    def open_video(self, video_index: int) -> OpenVideo:
+        """The frame source of video ``video_index``: its ``info`` and ``frames(indices)`` (uint8 ``(T, H, W, 3)``);
+        raises :class:`VideoReadError` when it cannot be read. Here the video file, decoded by decord or PyAV."""
+        return OpenVideo(self.videos[video_index])
+
     def _load(self, video_index: int, view: int, index: int) -> torch.Tensor:
-        video = OpenVideo(self.videos[video_index])
+        video = self.open_video(video_index)
         if self.train:
             return self._train_clips(video, index)
         return self.test_view(video, view)

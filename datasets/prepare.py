@@ -55,10 +55,15 @@ class PrepareSummary:
     seconds: float = 0.0
 
     def describe(self) -> str:
-        ratio = self.source_bytes / self.output_bytes if self.output_bytes else float("nan")
+        if self.output_bytes and self.source_bytes >= self.output_bytes:
+            ratio = f"{self.source_bytes / self.output_bytes:.2f}x smaller"
+        elif self.output_bytes:
+            ratio = f"{self.output_bytes / self.source_bytes:.2f}x larger"
+        else:
+            ratio = "nothing written"
         return (
             f"{self.converted} converted, {self.skipped} already done, {len(self.failed)} failed in {self.seconds:.1f} s; "
-            f"{self.source_bytes / 1e6:.1f} MB of sources -> {self.output_bytes / 1e6:.1f} MB ({ratio:.2f}x smaller)"
+            f"{self.source_bytes / 1e6:.1f} MB of sources -> {self.output_bytes / 1e6:.1f} MB ({ratio})"
         )
 
 

@@ -40,10 +40,13 @@ class _DecordMisread(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Frame count and frame rate of a video file."""
+    """Frame count and frame rate of a video file; ``frame_step`` k > 1 where only every k-th source frame
+    is stored (frame shards): ``num_frames`` then counts the stored frames, and clip samplers step
+    ``sampling_rate / k`` of them."""
 
     num_frames: int
     fps: float
+    frame_step: int = 1
 
 
 @contextlib.contextmanager

@@ -5,11 +5,16 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 
 # What the fork server imports once, so that each worker it forks starts with them loaded.
-_PRELOAD = ["__main__", "softpool3d.datasets"]
+_PRELOAD = ["__main__", "softpool3d.datasets", "softpool3d.datasets.forkserver_signals"]
+
+# Signals a cluster or a terminal sends to a job's whole process group; the process that trains
+# acts on them (a checkpoint, then exit), its DataLoader workers keep serving it until then.
+_JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def worker_context() -> BaseContext:
@@ -34,7 +39,7 @@ def worker_context() -> BaseContext:
 def freeze_inherited_objects(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoaders: move every object inherited from the parent (the fork
     server, under :func:`worker_context`) into the garbage collector's permanent generation, and
-    let go of the fork server's liveness pipe.
+    let go of the fork server's liveness pipe, and ignore SIGTERM, SIGINT and SIGUSR1.
 
     A forked worker shares the parent's memory until it writes to it, and a full collection
     writes to the header of every tracked object it walks, so without this each worker ends
@@ -46,9 +51,15 @@ def freeze_inherited_objects(worker_id: int) -> None:
     process it serves has ended. DataLoader workers exit when their parent does, and their parent
     is the server, so a main process killed outright (SIGKILL, OOM) would leave the server and its
     workers running for good; closing the pipe here lets the server, then the workers, end with it.
-    ``worker_id`` is unused.
+
+    SLURM and a terminal send SIGTERM, SIGINT or SIGUSR1 to the whole process group; the main
+    process finishes its step and writes a checkpoint on them (:mod:`softpool3d.engine.preemption`),
+    which it cannot do if its workers died of the same signal. A worker still ends when its loader
+    shuts down or its main process is gone. ``worker_id`` is unused.
     """
     gc.freeze()
+    for number in _JOB_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     server = forkserver._forkserver
     if server._forkserver_pid is None and server._forkserver_alive_fd is not None:  # a child of the server
         os.close(server._forkserver_alive_fd)

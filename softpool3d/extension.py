@@ -6,13 +6,20 @@ never need nvcc, even on a GPU host). Each build lives in a folder named by a di
 sources, flags, torch version and, for a CUDA build, the CUDA architectures it compiles for, and compiles
 copies of the sources kept in that folder: checkouts with identical sources share one build,
 and different sources (another branch, an edited kernel) get their own folder instead of
-rebuilding each other's. The build holds an OS-level file lock in its folder, so DDP ranks,
+rebuilding each other's. Every build or load holds an OS-level lock (``flock``) on
+``softpool3d.lock`` in its folder, which the kernel releases when its holder dies, so DDP ranks,
 DataLoader workers and pytest processes that import it at once build it once and then load it.
+Older torch releases (2.11 among them) lock the folder with a plain file, ``lock``, whose mere
+existence blocks every later load: a build killed inside it leaves it behind, and every load then
+waits forever. Holding the flock, a builder knows no other softpool3d builder is inside torch's
+lock, so it removes a ``lock`` file it finds (:func:`_clear_stale_lock`).
 When building fails (no compiler, no nvcc), one warning says why and the op uses the
 pure-PyTorch path.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -21,6 +28,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import torch
 
@@ -87,6 +95,32 @@ def _stage_sources(directory: Path) -> Path:
     return staged
 
 
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory/softpool3d.lock`` (released by the kernel if the
+    holder dies, however it dies)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "softpool3d.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _clear_stale_lock(directory: Path) -> None:
+    """Remove torch's ``lock`` file from ``directory``. Called under :func:`_build_lock`, when no
+    softpool3d builder is inside torch's lock: under torch's ``FileBaton`` (torch 2.11) a ``lock``
+    file there was left by a build that was killed and would stall every load; under later torch's
+    OS-level ``FileLock`` it is an inert file that the next lock creates again."""
+    stale = directory / "lock"
+    try:
+        stale.unlink()
+    except FileNotFoundError:
+        return
+    logger.debug("removed %s: torch's build lock, held by no softpool3d build", stale)
+
+
 def build(with_cuda: bool, verbose: bool = False) -> ModuleType:
     """Compile (or load from cache) the extension; raises when compilation fails.
 
@@ -102,17 +136,19 @@ def build(with_cuda: bool, verbose: bool = False) -> ModuleType:
                     "CPU + CUDA" if with_cuda else "CPU", directory)
     sources = [str(staged / source) for source in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
     cflags = list(CFLAGS) + (["-DSOFTPOOL_WITH_CUDA"] if with_cuda else [])
-    return cpp_extension.load(
-        name=name,
-        sources=sources,
-        extra_cflags=cflags,
-        extra_cuda_cflags=list(CUDA_CFLAGS) if with_cuda else None,
-        extra_include_paths=[str(staged)],
-        extra_ldflags=list(OPENMP),
-        build_directory=str(directory),
-        with_cuda=with_cuda,
-        verbose=verbose,
-    )
+    with _build_lock(directory):
+        _clear_stale_lock(directory)
+        return cpp_extension.load(
+            name=name,
+            sources=sources,
+            extra_cflags=cflags,
+            extra_cuda_cflags=list(CUDA_CFLAGS) if with_cuda else None,
+            extra_include_paths=[str(staged)],
+            extra_ldflags=list(OPENMP),
+            build_directory=str(directory),
+            with_cuda=with_cuda,
+            verbose=verbose,
+        )
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,7 +11,9 @@ of the input (1-D, 2-D and unbatched inputs are reshaped), so ``torch.compile(fu
 traces them (inside :func:`softpool3d.exportable.set_exportable` they compute in plain ops
 instead, for export). The ops call the fused CPU/CUDA kernel of ``softpool3d/csrc`` (built on first use,
 see :mod:`softpool3d.extension`), or, when it cannot be built, :func:`soft_pool_reference` and
-:func:`soft_pool_reference_backward`. Backward needs only the saved input and output.
+:func:`soft_pool_reference_backward`. Backward needs only the saved input and output, and for long
+windows on CUDA each window's log-sum-exp, which the forward saves (:func:`_saves_lse`) so that the
+backward does not run the whole (split) forward again.
 """
 from __future__ import annotations
 
@@ -182,50 +184,85 @@ def _output_like(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
 
 
+SPLIT_ABOVE = 256
+"""Windows of more elements than this are long: the CUDA kernels split them (``kSplitAbove`` in
+``softpool_launch.h``), and their forward saves each window's log-sum-exp for the backward."""
+
+
+def _saves_lse(x: torch.Tensor, window_volume: int) -> bool:
+    """Whether the forward of ``x`` over windows of up to ``window_volume`` elements saves each
+    window's log-sum-exp: on CUDA, for long windows, whose backward would otherwise run the whole
+    split forward again (a few bytes an output; short windows recompute it in the backward instead of
+    holding a float32 tensor of the output's size)."""
+    return x.device.type == "cuda" and window_volume > SPLIT_ABOVE
+
+
+def _lse_like(x: torch.Tensor, shape: Sequence[int], saved: bool) -> torch.Tensor:
+    """The forward's log-sum-exp output: the output's ``shape`` in the accumulation type when
+    ``saved``, else empty."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.empty(shape if saved else (0,), dtype=dtype, device=x.device)
+
+
+def _no_lse(x: torch.Tensor) -> torch.Tensor:
+    return _lse_like(x, (), False)
+
+
 @torch.library.custom_op("softpool3d::soft_pool3d_forward", mutates_args=())
-def _forward_op(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
-    """SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it."""
+def _forward_op(
+    x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it.
+    Returns ``y`` and each window's log-sum-exp (of ``y``'s shape when :func:`_saves_lse`, else empty)."""
     module = extension.for_device(x.device)
     if module is None:
         out = soft_pool_reference(x, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
-        return out.contiguous(memory_format=_memory_format(x))
-    return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x), False)
+        return out.contiguous(memory_format=_memory_format(x)), _no_lse(x)
+    if _saves_lse(x, math.prod(kernel)):
+        return module.forward_lse(x, kernel, stride, padding, ceil_mode, _channels_last(x), False)
+    return module.forward(x, kernel, stride, padding, ceil_mode, _channels_last(x), False), _no_lse(x)
 
 
 @_forward_op.register_fake
-def _forward_fake(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
+def _forward_fake(
+    x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     sizes = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x.shape[2:], kernel, stride, padding)]
-    return _output_like(x, (*x.shape[:2], *sizes))
+    shape = (*x.shape[:2], *sizes)
+    return _output_like(x, shape), _lse_like(x, shape, _saves_lse(x, math.prod(kernel)))
 
 
 @torch.library.custom_op("softpool3d::soft_pool3d_backward", mutates_args=())
 def _backward_op(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, kernel: list[int], stride: list[int],
+    padding: list[int], ceil_mode: bool
 ) -> torch.Tensor:
-    """Gradient wrt ``x`` of SoftPool, from the input ``x`` and output ``y`` only."""
+    """Gradient wrt ``x`` of SoftPool, from the input ``x``, output ``y`` and the forward's ``lse``
+    (empty: computed again where needed)."""
     module = extension.for_device(x.device)
     if module is None:
         dx = soft_pool_reference_backward(grad, x, y, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
         return dx.contiguous(memory_format=_memory_format(x))
-    return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x), False)
+    return module.backward(grad, x, y, kernel, stride, padding, ceil_mode, _channels_last(x), False, lse=lse)
 
 
 @_backward_op.register_fake
 def _backward_fake(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, kernel: list[int], stride: list[int],
+    padding: list[int], ceil_mode: bool
 ) -> torch.Tensor:
     return _output_like(x, x.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's callback signature)
     x, kernel, stride, padding, ceil_mode = inputs
-    ctx.save_for_backward(x, output)
+    ctx.save_for_backward(x, *output)
     ctx.pool_args = (kernel, stride, padding, ceil_mode)
 
 
-def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
-    x, y = ctx.saved_tensors
-    return _backward_op(grad, x, y, *ctx.pool_args), None, None, None, None
+def _backward(ctx, grad: torch.Tensor, grad_lse: torch.Tensor | None):  # noqa: ANN001, ANN202
+    x, y, lse = ctx.saved_tensors
+    return _backward_op(grad, x, y, lse, *ctx.pool_args), None, None, None, None
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -262,7 +299,7 @@ def _soft_pool(
         outs = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip(x5.shape[2:], kernel5, stride5, pad5)]
         y = exportable.soft_pool_plain(x5, kernel5, stride5, pad5, outs)
     else:
-        y = _forward_op(x5, kernel5, stride5, pad5, ceil_mode)
+        y = _forward_op(x5, kernel5, stride5, pad5, ceil_mode)[0]
     return _from_5d(y, dims, x.dim() == dims + 1)
 
 
@@ -408,44 +445,57 @@ def soft_adaptive_pool_reference_backward(
     return dx.to(x.dtype)
 
 
+def _adaptive_window_volume(x: torch.Tensor, output_size: Sequence[int]) -> int:
+    """The most elements an adaptive window of ``x`` pooled to ``output_size`` holds."""
+    return math.prod(max(end - start for start, end in adaptive_windows(n, o)) for n, o in zip(x.shape[2:], output_size))
+
+
 @torch.library.custom_op("softpool3d::soft_adaptive_pool3d_forward", mutates_args=())
-def _adaptive_forward_op(x: torch.Tensor, output_size: list[int]) -> torch.Tensor:
-    """Adaptive SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it."""
+def _adaptive_forward_op(x: torch.Tensor, output_size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive SoftPool forward on ``(N, C, T, H, W)``: the fused kernel, or the reference path without it;
+    returns ``y`` and the log-sum-exp as :func:`_forward_op` does."""
     module = extension.for_device(x.device)
     if module is None:
-        return soft_adaptive_pool_reference(x, output_size).contiguous(memory_format=_memory_format(x))
-    return module.adaptive_forward(x, output_size, _channels_last(x), False)
+        return soft_adaptive_pool_reference(x, output_size).contiguous(memory_format=_memory_format(x)), _no_lse(x)
+    if _saves_lse(x, _adaptive_window_volume(x, output_size)):
+        return module.adaptive_forward_lse(x, output_size, _channels_last(x), False)
+    return module.adaptive_forward(x, output_size, _channels_last(x), False), _no_lse(x)
 
 
 @_adaptive_forward_op.register_fake
-def _adaptive_forward_fake(x: torch.Tensor, output_size: list[int]) -> torch.Tensor:
-    return _output_like(x, (*x.shape[:2], *output_size))
+def _adaptive_forward_fake(x: torch.Tensor, output_size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (*x.shape[:2], *output_size)
+    return _output_like(x, shape), _lse_like(x, shape, _saves_lse(x, _adaptive_window_volume(x, output_size)))
 
 
 @torch.library.custom_op("softpool3d::soft_adaptive_pool3d_backward", mutates_args=())
-def _adaptive_backward_op(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, output_size: list[int]) -> torch.Tensor:
-    """Gradient wrt ``x`` of adaptive SoftPool, from the input ``x`` and output ``y`` only."""
+def _adaptive_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, output_size: list[int]
+) -> torch.Tensor:
+    """Gradient wrt ``x`` of adaptive SoftPool, from the input ``x``, output ``y`` and the forward's ``lse``."""
     module = extension.for_device(x.device)
     if module is None:
         dx = soft_adaptive_pool_reference_backward(grad, x, y, output_size)
         return dx.contiguous(memory_format=_memory_format(x))
-    return module.adaptive_backward(grad, x, y, output_size, _channels_last(x), False)
+    return module.adaptive_backward(grad, x, y, output_size, _channels_last(x), False, lse=lse)
 
 
 @_adaptive_backward_op.register_fake
-def _adaptive_backward_fake(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+def _adaptive_backward_fake(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, output_size: list[int]
+) -> torch.Tensor:
     return _output_like(x, x.shape)
 
 
 def _adaptive_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's callback signature)
     x, output_size = inputs
-    ctx.save_for_backward(x, output)
+    ctx.save_for_backward(x, *output)
     ctx.output_size = output_size
 
 
-def _adaptive_backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
-    x, y = ctx.saved_tensors
-    return _adaptive_backward_op(grad, x, y, ctx.output_size), None
+def _adaptive_backward(ctx, grad: torch.Tensor, grad_lse: torch.Tensor | None):  # noqa: ANN001, ANN202
+    x, y, lse = ctx.saved_tensors
+    return _adaptive_backward_op(grad, x, y, lse, ctx.output_size), None
 
 
 _adaptive_forward_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
@@ -457,7 +507,7 @@ def _soft_adaptive_pool(x: torch.Tensor, dims: int, output_size: AdaptiveSize) -
     if exportable.is_exportable():
         y = exportable.soft_adaptive_pool_plain(x5, [adaptive_windows(n, o) for n, o in zip(x5.shape[2:], out5)])
     else:
-        y = _adaptive_forward_op(x5, out5)
+        y = _adaptive_forward_op(x5, out5)[0]
     return _from_5d(y, dims, x.dim() == dims + 1)
 
 

@@ -17,7 +17,7 @@ LIMIT_MIB=50
 
 # The versions this project is tested with; the GPU image already has torch, numpy, PyYAML, tqdm,
 # tensorboard, tabulate, portalocker, networkx, pillow and typing-extensions
-# (softpool3d/benchmarks/gpu_check.py: GPU_IMAGE_PACKAGES).
+# (tools/gpu_deploy/wheels.py: GPU_IMAGE_PACKAGES).
 BINARY=(decord2==3.4.0)
 PURE=(pytorchvideo==0.1.5 fvcore==0.1.5.post20221221 iopath==0.1.10 omegaconf==2.4.0 yacs==0.1.8 termcolor==3.3.0
       parameterized==0.9.0)

@@ -60,7 +60,18 @@ def loader_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--worker-ms", type=int, default=0, metavar="ITEMS",
                         help="also measure a worker's CPU ms per clip (decode, transform; before/after uint8 clips)")
     parser.add_argument("--only-worker-ms", action="store_true", help="only the --worker-ms table")
+    parser.add_argument("--shards", action="store_true",
+                        help="instead: frame shards vs prepared and source video, per model geometry (needs --videos-dir)")
+    parser.add_argument("--geometries", nargs="+", choices=("x3d_s", "r3d_18"), default=["x3d_s", "r3d_18"])
+    parser.add_argument("--frame-steps", type=int, nargs="+", default=[1], help="--shards: frame steps k to prepare")
+    parser.add_argument("--quality", type=int, default=90, help="--shards: JPEG quality")
+    parser.add_argument("--items", type=int, default=60, help="--shards: training clips timed per setting")
+    parser.add_argument("--prepare-workers", type=int, default=1, help="--shards: processes preparing the videos")
     args = parser.parse_args(argv)
+    if args.shards:
+        from softpool3d.benchmarks.shard_loader import run as run_shards
+
+        return run_shards(args)
     from softpool3d.benchmarks.loader import run
 
     return run(args)

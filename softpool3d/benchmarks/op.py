@@ -1,13 +1,17 @@
 """Benchmark of SoftPool against the 5-op formula, ``avg_pool3d`` and ``max_pool3d``.
 
-Forward and forward+backward wall time (best of ``repeats``, the methods interleaved so that
-load from other processes hits them alike) and peak memory allocated during the call. Peak
-memory on CUDA is the allocator's ``max_memory_allocated`` above the inputs; on the CPU it is
-the peak of the bytes held by tensors that the call's ops create (scratch memory inside a
-kernel is not seen). Ratios are given against ``avg_pool3d`` (time) and the 5-op formula
-(memory). Achieved GB/s counts the least traffic a pooling op needs (read ``x``, write ``y``;
-backward also reads ``x``, ``y`` and the output gradient and writes the input gradient), set
-against the device's bandwidth as a device-to-device copy measures it (:func:`copy_bandwidth`).
+Forward and forward+backward time per call and peak memory allocated during the call, for each
+input shape, dtype (float32, bf16) and layout (contiguous, channels_last_3d). A call on a GPU takes
+5-100 us, less than Python's dispatch and a synchronisation: so each figure is the time of many
+calls queued back to back after a warm-up, over CUDA events on a GPU (``perf_counter`` around the
+same loop on the CPU), divided by their number; the best of ``repeats`` such runs, the methods
+interleaved so that load from other processes hits them alike. Peak memory on CUDA is the
+allocator's ``max_memory_allocated`` above the inputs; on the CPU it is the peak of the bytes held
+by tensors that the call's ops create (scratch memory inside a kernel is not seen). Ratios are
+given against ``avg_pool3d`` (time) and the 5-op formula (memory). Achieved GB/s counts the least
+traffic a pooling op needs (read ``x``, write ``y``; backward also reads ``x``, ``y`` and the output
+gradient and writes the input gradient), set against the device's bandwidth as a device-to-device
+copy measures it (:func:`copy_bandwidth`).
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import platform
 import sys
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +83,8 @@ class _TensorBytes(TorchDispatchMode):
         return out
 
 
-def _run(pool: Pool, x: torch.Tensor, grad: torch.Tensor | None, args: dict) -> None:
+def run_pool(pool: Pool, x: torch.Tensor, grad: torch.Tensor | None, args: dict) -> None:
+    """One call of ``pool`` on ``x`` (and its backward from ``grad``, when given)."""
     y = pool(x, **args)
     if grad is not None:
         y.backward(grad)
@@ -91,18 +96,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_per_call(call: Callable[[], None], device: torch.device, calls: int, warmup: int = 3) -> float:
+    """Seconds per call of ``call``: ``calls`` calls back to back after ``warmup`` ones, timed by
+    CUDA events around the loop on a GPU (the launches queue up, so Python's dispatch overlaps the
+    kernels and no synchronisation is inside the loop), by ``perf_counter`` on the CPU."""
+    for _ in range(warmup):
+        call()
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+    start_s = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start_s) / calls
+
+
 def peak_bytes(pool: Pool, x: torch.Tensor, grad: torch.Tensor | None, args: dict) -> int:
     """Peak memory allocated while running ``pool`` (and its backward when ``grad`` is given)."""
     if x.device.type == "cuda":
         _sync(x.device)
         base = torch.cuda.memory_allocated(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
-        _run(pool, x, grad, args)
+        run_pool(pool, x, grad, args)
         _sync(x.device)
         return torch.cuda.max_memory_allocated(x.device) - base
     tracker = _TensorBytes()
     with tracker:
-        _run(pool, x, grad, args)
+        run_pool(pool, x, grad, args)
     return tracker.peak
 
 
@@ -116,6 +142,8 @@ class Result:
     train_peak: int
     forward_bytes: int = 0
     train_bytes: int = 0
+    dtype: str = "float32"
+    layout: str = "contiguous"
 
     @property
     def forward_gbs(self) -> float:
@@ -124,6 +152,9 @@ class Result:
     @property
     def train_gbs(self) -> float:
         return self.train_bytes / self.train_ms / 1e6
+
+    def row(self) -> dict:
+        return {**asdict(self), "forward_gbs": self.forward_gbs, "train_gbs": self.train_gbs}
 
 
 def traffic_bytes(x: torch.Tensor, y_numel: int) -> tuple[int, int]:
@@ -148,56 +179,86 @@ def copy_bandwidth(device: torch.device, mebibytes: int = 256, repeats: int = 5)
     return 2 * source.numel() / best / 1e9
 
 
-def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, seed: int = 0) -> list[Result]:
-    """Times every method on every shape; returns one :class:`Result` per (shape, method)."""
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+
+# (input shape, pooling arguments, dtypes, layouts): what training runs first (X3D-S's squeeze-excitation
+# pools at its recipe clip 13x160x160, batch 16, bf16 channels_last_3d), then the shapes above in both
+# dtypes and layouts
+GPU_PLAN: list[tuple[tuple[int, ...], dict, tuple[str, ...], tuple[str, ...]]] = [
+    ((16, 54, 13, 40, 40), {"kernel_size": (13, 40, 40)}, ("bf16",), ("channels_last_3d",)),
+    ((16, 108, 13, 20, 20), {"kernel_size": (13, 20, 20)}, ("bf16",), ("channels_last_3d",)),
+    ((16, 216, 13, 10, 10), {"kernel_size": (13, 10, 10)}, ("bf16",), ("channels_last_3d",)),
+    ((16, 432, 13, 5, 5), {"kernel_size": (13, 5, 5)}, ("bf16",), ("channels_last_3d",)),
+    *((shape, args, ("bf16", "float32"), ("channels_last_3d", "contiguous")) for shape, args in SHAPES),
+]
+# the CPU's avg_pool3d has no bf16 kernel: the dry run times float32 in both layouts
+DRY_RUN_PLAN = [
+    ((2, 4, 4, 8, 8), {"kernel_size": (4, 8, 8)}, ("float32",), ("channels_last_3d",)),
+    ((1, 4, 4, 8, 8), {"kernel_size": 2, "stride": 2}, ("float32",), ("contiguous", "channels_last_3d")),
+]
+
+
+def benchmark_plan(device: torch.device, plan: Iterable, on_group: Callable[[list[Result]], None], calls: int = 50,
+                   repeats: int = 3, seed: int = 0) -> None:
+    """Times every method on every (shape, dtype, layout) of ``plan`` and hands each group of
+    :class:`Result` (one per method, in :data:`METHODS` order) to ``on_group`` as soon as it is measured."""
     torch.manual_seed(seed)
-    results = []
-    for shape, args in shapes:
-        x = torch.randn(shape, device=device).requires_grad_()
-        grad = torch.ones_like(F.avg_pool3d(x.detach(), **args))
-        moved = traffic_bytes(x, grad.numel())
-        best = {(name, mode): float("inf") for name in METHODS for mode in ("forward", "train")}
-        for name, pool in METHODS.items():
-            _run(pool, x.detach(), None, args)
-            _run(pool, x, grad, args)
-        for _ in range(repeats):
-            for name, pool in METHODS.items():
-                for mode, inp, g in (("forward", x.detach(), None), ("train", x, grad)):
-                    _sync(device)
-                    start = time.perf_counter()
-                    _run(pool, inp, g, args)
-                    _sync(device)
-                    best[name, mode] = min(best[name, mode], time.perf_counter() - start)
-        for name, pool in METHODS.items():
-            results.append(
-                Result(shape, args, name, best[name, "forward"] * 1e3, best[name, "train"] * 1e3,
-                       peak_bytes(pool, x, grad, args), *moved)
-            )
-        del x, grad
+    for shape, args, dtypes, layouts in plan:
+        for dtype in dtypes:
+            for layout in layouts:
+                x = torch.randn(shape, device=device, dtype=DTYPES[dtype]).contiguous(memory_format=LAYOUTS[layout])
+                x.requires_grad_()
+                grad = torch.ones_like(F.avg_pool3d(x.detach(), **args))
+                moved = traffic_bytes(x, grad.numel())
+                best = {(name, mode): float("inf") for name in METHODS for mode in ("forward", "train")}
+                for _ in range(repeats):
+                    for name, pool in METHODS.items():
+                        for mode, inp, g in (("forward", x.detach(), None), ("train", x, grad)):
+                            seconds = time_per_call(lambda: run_pool(pool, inp, g, args), device, calls)
+                            best[name, mode] = min(best[name, mode], seconds)
+                on_group([Result(shape, args, name, best[name, "forward"] * 1e3, best[name, "train"] * 1e3,
+                                 peak_bytes(pool, x, grad, args), *moved, dtype, layout)
+                          for name, pool in METHODS.items()])
+                del x, grad
+
+
+def benchmark(device: torch.device, repeats: int = 5, shapes=SHAPES, calls: int = 20) -> list[Result]:
+    """:func:`benchmark_plan` over ``shapes`` in float32, contiguous; every :class:`Result`."""
+    results: list[Result] = []
+    benchmark_plan(device, [(shape, args, ("float32",), ("contiguous",)) for shape, args in shapes], results.extend,
+                   calls, repeats)
     return results
 
 
-def markdown(results: list[Result], bandwidth_gbs: float | None = None) -> str:
-    """A table: times and their ratio to avg_pool3d, peak memory and its ratio to the 5-op formula,
-    achieved GB/s (and its share of ``bandwidth_gbs``, when given)."""
+def markdown_header() -> str:
+    return ("| input, pooling | dtype, layout | method | fwd ms | fwd / avg | fwd+bwd ms | fwd+bwd / avg | "
+            "fwd+bwd vs 5-op | peak MiB (fwd+bwd) | peak / 5-op | fwd GB/s | fwd+bwd GB/s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_rows(group: list[Result], bandwidth_gbs: float | None = None) -> str:
+    """The rows of one (shape, dtype, layout): times and their ratio to avg_pool3d, peak memory and
+    its ratio to the 5-op formula, achieved GB/s (and its share of ``bandwidth_gbs``, when given)."""
     share = (lambda gbs: f" ({100 * gbs / bandwidth_gbs:.0f}%)") if bandwidth_gbs else (lambda gbs: "")
-    rows = [
-        "| input, pooling | method | fwd ms | fwd / avg | fwd+bwd ms | fwd+bwd / avg | fwd+bwd vs 5-op | "
-        "peak MiB (fwd+bwd) | peak / 5-op | fwd GB/s | fwd+bwd GB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i in range(0, len(results), len(METHODS)):
-        group = {r.method: r for r in results[i : i + len(METHODS)]}
-        avg, five = group["avg_pool3d"], group["5-op formula"]
-        for r in group.values():
-            label = f"{tuple(r.shape)} {', '.join(f'{k}={v}' for k, v in r.args.items())}"
-            rows.append(
-                f"| {label} | {r.method} | {r.forward_ms:.1f} | {r.forward_ms / avg.forward_ms:.2f}x | "
-                f"{r.train_ms:.1f} | {r.train_ms / avg.train_ms:.2f}x | {five.train_ms / r.train_ms:.2f}x faster | "
-                f"{r.train_peak / 2**20:.0f} | {r.train_peak / five.train_peak:.2f} | "
-                f"{r.forward_gbs:.0f}{share(r.forward_gbs)} | {r.train_gbs:.0f}{share(r.train_gbs)} |"
-            )
+    by_method = {r.method: r for r in group}
+    avg, five = by_method["avg_pool3d"], by_method["5-op formula"]
+    rows = []
+    for r in group:
+        label = f"{tuple(r.shape)} {', '.join(f'{k}={v}' for k, v in r.args.items())}"
+        rows.append(
+            f"| {label} | {r.dtype}, {r.layout} | {r.method} | {r.forward_ms:.3f} | {r.forward_ms / avg.forward_ms:.2f}x | "
+            f"{r.train_ms:.3f} | {r.train_ms / avg.train_ms:.2f}x | {five.train_ms / r.train_ms:.2f}x faster | "
+            f"{r.train_peak / 2**20:.1f} | {r.train_peak / max(five.train_peak, 1):.2f} | "
+            f"{r.forward_gbs:.0f}{share(r.forward_gbs)} | {r.train_gbs:.0f}{share(r.train_gbs)} |"
+        )
     return "\n".join(rows)
+
+
+def markdown(results: list[Result], bandwidth_gbs: float | None = None) -> str:
+    """The whole table of :func:`benchmark`'s results."""
+    groups = [results[i : i + len(METHODS)] for i in range(0, len(results), len(METHODS))]
+    return "\n".join([markdown_header(), *(markdown_rows(group, bandwidth_gbs) for group in groups)])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,12 @@
 // Python binding: forward(x, kernel, stride, padding, ceil_mode, channels_last, per_element,
-// force_int64=False), backward(grad, x, y, kernel, stride, padding, ceil_mode, channels_last,
-// per_element, force_int64=False) and plan(x, kernel, stride, padding, ceil_mode, y=None,
+// force_int64=False), forward_lse(same arguments) -> (y, lse), backward(grad, x, y, kernel, stride,
+// padding, ceil_mode, channels_last, per_element, force_int64=False, lse=None) and plan(x, kernel, stride, padding, ceil_mode, y=None,
 // grad=None, force_int64=False); adaptive_forward, adaptive_backward and adaptive_plan take
-// output_size (T, H, W) in place of kernel, stride, padding and ceil_mode. channels_last picks
+// output_size (T, H, W) in place of kernel, stride, padding and ceil_mode (adaptive_forward_lse too).
+// lse is each window's log-sum-exp in the accumulation type (float32, float64 for float64), which
+// the per-index kernels (CUDA, per_element) store in the forward so that the gather backward of long
+// windows reads it instead of running the whole forward again; the CPU's row kernels return an
+// empty lse and ignore a given one. channels_last picks
 // the memory format of the result; per_element makes the CPU run the CUDA kernels' per-index
 // bodies (CUDA tensors always do); force_int64 turns off their int32 index fast path; plan reports
 // what the per-index launch does (x, y and grad may be meta tensors). thread_coords and divide32 expose the index mapping and
@@ -116,32 +120,57 @@ at::MemoryFormat memory_format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
 }
 
+// lse: where to store the per-window log-sum-exp, or nullptr.
 at::Tensor run_forward(const at::Tensor& x, const Geometry& g, bool channels_last, bool per_element,
-                       bool force_int64) {
+                       bool force_int64, at::Tensor* lse = nullptr) {
   const at::MemoryFormat fmt = memory_format(channels_last);
   if (x.is_cuda()) {
 #ifdef SOFTPOOL_WITH_CUDA
-    return forward_cuda(x, g, fmt, force_int64);
+    return forward_cuda(x, g, fmt, force_int64, lse);
 #else
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return per_element ? forward_per_element_cpu(x, g, fmt, force_int64) : forward_cpu(x, g, fmt);
+  if (per_element) return forward_per_element_cpu(x, g, fmt, force_int64, lse);
+  if (lse != nullptr) *lse = at::empty({0}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  return forward_cpu(x, g, fmt);
+}
+
+std::tuple<at::Tensor, at::Tensor> run_forward_lse(const at::Tensor& x, const Geometry& g, bool channels_last,
+                                                   bool per_element, bool force_int64) {
+  at::Tensor lse;
+  at::Tensor y = run_forward(x, g, channels_last, per_element, force_int64, &lse);
+  return {y, lse};
+}
+
+// A saved log-sum-exp: undefined or empty (none saved), else of the output shape, x's device and
+// the accumulation type.
+at::Tensor checked_lse(const at::Tensor& x, const Geometry& g, const std::optional<at::Tensor>& lse) {
+  if (!lse.has_value() || !lse->defined() || lse->numel() == 0) return at::Tensor();
+  const std::vector<int64_t> sizes = {x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(lse->sizes() == at::IntArrayRef(sizes) && lse->device() == x.device() && lse->scalar_type() == acc,
+              "softpool: backward expected lse of the output shape ", at::IntArrayRef(sizes), ", dtype ", acc,
+              " on ", x.device(), ", got ", lse->sizes(), " ", lse->scalar_type(), " on ", lse->device());
+  return *lse;
 }
 
 at::Tensor run_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                        bool channels_last, bool per_element, bool force_int64) {
+                        bool channels_last, bool per_element, bool force_int64,
+                        const std::optional<at::Tensor>& saved_lse) {
   const at::MemoryFormat fmt = memory_format(channels_last);
   check_output(x, g, y, "y");
   check_output(x, g, grad, "grad");
+  const at::Tensor lse = checked_lse(x, g, saved_lse);
   if (x.is_cuda()) {
 #ifdef SOFTPOOL_WITH_CUDA
-    return backward_cuda(grad, x, y, g, fmt, force_int64);
+    return backward_cuda(grad, x, y, g, fmt, force_int64, lse);
 #else
     TORCH_CHECK(false, "softpool: this build of the extension has no CUDA kernels");
 #endif
   }
-  return per_element ? backward_per_element_cpu(grad, x, y, g, fmt, force_int64) : backward_cpu(grad, x, y, g, fmt);
+  return per_element ? backward_per_element_cpu(grad, x, y, g, fmt, force_int64, lse)
+                     : backward_cpu(grad, x, y, g, fmt);
 }
 
 pybind11::dict run_plan(const at::Tensor& x, const Geometry& g, const std::optional<at::Tensor>& y,
@@ -221,11 +250,19 @@ at::Tensor forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector
   return run_forward(x, make_geometry(x, kernel, stride, padding, ceil_mode), channels_last, per_element, force_int64);
 }
 
+std::tuple<at::Tensor, at::Tensor> forward_lse(const at::Tensor& x, std::vector<int64_t> kernel,
+                                               std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                               bool ceil_mode, bool channels_last, bool per_element,
+                                               bool force_int64) {
+  return run_forward_lse(x, make_geometry(x, kernel, stride, padding, ceil_mode), channels_last, per_element,
+                         force_int64);
+}
+
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, std::vector<int64_t> kernel,
                     std::vector<int64_t> stride, std::vector<int64_t> padding, bool ceil_mode, bool channels_last,
-                    bool per_element, bool force_int64) {
+                    bool per_element, bool force_int64, const std::optional<at::Tensor>& lse) {
   return run_backward(grad, x, y, make_geometry(x, kernel, stride, padding, ceil_mode), channels_last, per_element,
-                      force_int64);
+                      force_int64, lse);
 }
 
 pybind11::dict plan(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
@@ -239,9 +276,16 @@ at::Tensor adaptive_forward(const at::Tensor& x, std::vector<int64_t> output_siz
   return run_forward(x, make_adaptive_geometry(x, output_size), channels_last, per_element, force_int64);
 }
 
+std::tuple<at::Tensor, at::Tensor> adaptive_forward_lse(const at::Tensor& x, std::vector<int64_t> output_size,
+                                                        bool channels_last, bool per_element, bool force_int64) {
+  return run_forward_lse(x, make_adaptive_geometry(x, output_size), channels_last, per_element, force_int64);
+}
+
 at::Tensor adaptive_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                             std::vector<int64_t> output_size, bool channels_last, bool per_element, bool force_int64) {
-  return run_backward(grad, x, y, make_adaptive_geometry(x, output_size), channels_last, per_element, force_int64);
+                             std::vector<int64_t> output_size, bool channels_last, bool per_element, bool force_int64,
+                             const std::optional<at::Tensor>& lse) {
+  return run_backward(grad, x, y, make_adaptive_geometry(x, output_size), channels_last, per_element, force_int64,
+                      lse);
 }
 
 pybind11::dict adaptive_plan(const at::Tensor& x, std::vector<int64_t> output_size, const std::optional<at::Tensor>& y,
@@ -256,9 +300,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &softpool::forward, "SoftPool 3-D forward on (N, C, T, H, W)", py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"), py::arg("channels_last"), py::arg("per_element"),
         py::arg("force_int64") = false);
+  m.def("forward_lse", &softpool::forward_lse, "forward, and each window's log-sum-exp (empty on the CPU's row kernels)",
+        py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
+        py::arg("channels_last"), py::arg("per_element"), py::arg("force_int64") = false);
   m.def("backward", &softpool::backward, "SoftPool 3-D backward from input and output", py::arg("grad"), py::arg("x"),
         py::arg("y"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
-        py::arg("channels_last"), py::arg("per_element"), py::arg("force_int64") = false);
+        py::arg("channels_last"), py::arg("per_element"), py::arg("force_int64") = false, py::arg("lse") = py::none());
   m.def("plan", &softpool::plan, "What the per-index (CUDA) launch runs: chunks per window, backward kind, index bits",
         py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("ceil_mode"),
         py::arg("y") = py::none(), py::arg("grad") = py::none(), py::arg("force_int64") = false);
@@ -270,9 +317,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adaptive_forward", &softpool::adaptive_forward, "Adaptive SoftPool 3-D forward on (N, C, T, H, W)",
         py::arg("x"), py::arg("output_size"), py::arg("channels_last"), py::arg("per_element"),
         py::arg("force_int64") = false);
+  m.def("adaptive_forward_lse", &softpool::adaptive_forward_lse, "adaptive_forward, and each window's log-sum-exp",
+        py::arg("x"), py::arg("output_size"), py::arg("channels_last"), py::arg("per_element"),
+        py::arg("force_int64") = false);
   m.def("adaptive_backward", &softpool::adaptive_backward, "Adaptive SoftPool 3-D backward from input and output",
         py::arg("grad"), py::arg("x"), py::arg("y"), py::arg("output_size"), py::arg("channels_last"),
-        py::arg("per_element"), py::arg("force_int64") = false);
+        py::arg("per_element"), py::arg("force_int64") = false, py::arg("lse") = py::none());
   m.def("adaptive_plan", &softpool::adaptive_plan, "plan() of adaptive SoftPool", py::arg("x"),
         py::arg("output_size"), py::arg("y") = py::none(), py::arg("grad") = py::none(),
         py::arg("force_int64") = false);

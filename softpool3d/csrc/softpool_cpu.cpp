@@ -450,13 +450,14 @@ struct CpuLaunch {
 
 }  // namespace
 
-at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64) {
-  return forward_per_index(CpuLaunch{}, x, g, fmt, force_int64);
+at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64,
+                                   at::Tensor* lse) {
+  return forward_per_index(CpuLaunch{}, x, g, fmt, force_int64, lse);
 }
 
 at::Tensor backward_per_element_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                                    at::MemoryFormat fmt, bool force_int64) {
-  return backward_per_index(CpuLaunch{}, grad, x, y, g, fmt, force_int64);
+                                    at::MemoryFormat fmt, bool force_int64, const at::Tensor& lse) {
+  return backward_per_index(CpuLaunch{}, grad, x, y, g, fmt, force_int64, lse);
 }
 
 }  // namespace softpool

@@ -32,15 +32,16 @@ struct CudaLaunch {
 
 }  // namespace
 
-at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64) {
+at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64,
+                        at::Tensor* lse) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return forward_per_index(CudaLaunch{c10::cuda::getCurrentCUDAStream()}, x, g, fmt, force_int64);
+  return forward_per_index(CudaLaunch{c10::cuda::getCurrentCUDAStream()}, x, g, fmt, force_int64, lse);
 }
 
 at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                         at::MemoryFormat fmt, bool force_int64) {
+                         at::MemoryFormat fmt, bool force_int64, const at::Tensor& lse) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return backward_per_index(CudaLaunch{c10::cuda::getCurrentCUDAStream()}, grad, x, y, g, fmt, force_int64);
+  return backward_per_index(CudaLaunch{c10::cuda::getCurrentCUDAStream()}, grad, x, y, g, fmt, force_int64, lse);
 }
 
 }  // namespace softpool

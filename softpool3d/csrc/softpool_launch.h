@@ -172,18 +172,32 @@ void launch_forward(const Launch& launch, const at::Tensor& x, const Plan& plan,
   launch(CombineBody<scalar_t, acc_t, index_t>{last, y, lse, outputs, parts, order, ys, ls}, outputs);
 }
 
+// The per-window log-sum-exp of x pooled by g, in the accumulation type, laid out like the outputs'
+// thread order (so that the forward writes it and the gather backward reads it coalesced).
+inline at::Tensor empty_lse(const at::Tensor& x, const Geometry& g, const Plan& plan) {
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::empty({x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]},
+                   x.options().dtype(acc).memory_format(plan.channels_fastest ? at::MemoryFormat::ChannelsLast3d
+                                                                               : at::MemoryFormat::Contiguous));
+}
+
+// y, and when lse is given, the per-window log-sum-exp (empty_lse) into *lse: the gather backward
+// of long windows reads it instead of running the (split) forward again.
 template <typename Launch>
 at::Tensor forward_per_index(const Launch& launch, const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt,
-                             bool force_int64) {
+                             bool force_int64, at::Tensor* lse = nullptr) {
   at::Tensor y = at::empty({x.size(0), x.size(1), g.out[0], g.out[1], g.out[2]}, x.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
   const Plan plan = make_plan(x, g, at::Tensor(), at::Tensor(), force_int64);
+  if (lse != nullptr) *lse = empty_lse(x, g, plan);
+  if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softpool_forward_per_index", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const auto run = [&](auto index) {
       using index_t = decltype(index);
+      acc_t* lp = lse != nullptr ? lse->mutable_data_ptr<acc_t>() : nullptr;
       launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, y.mutable_data_ptr<scalar_t>(),
-                                               strides_of<index_t>(y), nullptr, Strides<index_t>{});
+                                               strides_of<index_t>(y), lp,
+                                               lse != nullptr ? strides_of<index_t>(*lse) : Strides<index_t>{});
     };
     if (plan.index32) run(int32_t{});
     else run(int64_t{});
@@ -191,9 +205,11 @@ at::Tensor forward_per_index(const Launch& launch, const at::Tensor& x, const Ge
   return y;
 }
 
+// saved_lse: the forward's log-sum-exp (forward_per_index), or undefined to compute it here.
 template <typename Launch>
 at::Tensor backward_per_index(const Launch& launch, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                              const Geometry& g, at::MemoryFormat fmt, bool force_int64) {
+                              const Geometry& g, at::MemoryFormat fmt, bool force_int64,
+                              const at::Tensor& saved_lse = at::Tensor()) {
   const Plan plan = make_plan(x, g, y, grad, force_int64);
   // the disjoint body writes only inputs inside a window: the others start at 0
   at::Tensor dx = plan.gather || windows_tile(g) ? at::empty_like(x, fmt) : at::zeros_like(x, fmt);
@@ -217,13 +233,12 @@ at::Tensor backward_per_index(const Launch& launch, const at::Tensor& grad, cons
                y.numel());
         return;
       }
-      // laid out like the outputs' thread order, so that the forward writes and the gather reads it coalesced
-      at::Tensor lse = at::empty(y.sizes(), x.options()
-                                                .dtype(c10::CppTypeToScalarType<acc_t>::value)
-                                                .memory_format(cfast ? at::MemoryFormat::ChannelsLast3d
-                                                                     : at::MemoryFormat::Contiguous));
-      launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, nullptr, Strides<index_t>{},
-                                               lse.mutable_data_ptr<acc_t>(), strides_of<index_t>(lse));
+      at::Tensor lse = saved_lse;
+      if (!lse.defined()) {
+        lse = empty_lse(x, g, plan);
+        launch_forward<scalar_t, acc_t, index_t>(launch, x, plan, g, nullptr, Strides<index_t>{},
+                                                 lse.mutable_data_ptr<acc_t>(), strides_of<index_t>(lse));
+      }
       launch(GatherBackwardBody<scalar_t, acc_t, index_t>{gp, xp, yp, lse.const_data_ptr<acc_t>(), dp, gi,
                                                           static_cast<index_t>(x.numel()),
                                                           Unravel<index_t>(channels, gi.in, cfast),

@@ -30,15 +30,19 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::T
                         at::MemoryFormat fmt);
 
 // The CUDA kernels' per-index bodies and launch sequence (softpool_launch.h) run on the CPU over
-// the same index ranges as the CUDA grids; force_int64 turns off the int32_t index fast path.
-at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64);
+// the same index ranges as the CUDA grids; force_int64 turns off the int32_t index fast path. A
+// forward given lse also stores each window's log-sum-exp there; a backward given a defined lse
+// reads it instead of running the forward again (softpool_launch.h).
+at::Tensor forward_per_element_cpu(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64,
+                                   at::Tensor* lse);
 at::Tensor backward_per_element_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                                    at::MemoryFormat fmt, bool force_int64);
+                                    at::MemoryFormat fmt, bool force_int64, const at::Tensor& lse);
 
 #ifdef SOFTPOOL_WITH_CUDA
-at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64);
+at::Tensor forward_cuda(const at::Tensor& x, const Geometry& g, at::MemoryFormat fmt, bool force_int64,
+                        at::Tensor* lse);
 at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const Geometry& g,
-                         at::MemoryFormat fmt, bool force_int64);
+                         at::MemoryFormat fmt, bool force_int64, const at::Tensor& lse);
 #endif
 
 }  // namespace softpool

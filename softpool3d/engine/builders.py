@@ -33,7 +33,9 @@ from softpool3d.engine.optim import build_scheduler as schedule_of
 from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.splits import split_label
 from softpool3d.engine.switches import SwitchContext, TrainingSwitches, build_switches
+from softpool3d.engine.switches.mixing import SoftTargetCrossEntropy
 from softpool3d.engine.training_state import model_weights
+from softpool3d.datasets import build_shard_dataset
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 
@@ -72,8 +74,17 @@ def clip_options(cfg: DictConfig, train: bool, num_clips: int = 1, num_crops: in
 
 def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
     """``softpool3d.datasets.build_dataset`` with the ``data`` section's clip geometry (:func:`clip_options`);
-    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``."""
+    the paths of missing videos go to ``<run_dir>/missing_<split>.txt``. ``data.format=shards`` reads the
+    frame shards at ``data.root`` (a folder or URL) instead (``build_shard_dataset``; ``data.annotations``
+    does not apply: the shards keep the lists they were prepared with); training on a CUDA device, their
+    JPEGs are decoded and transformed there (``decode_on_device``)."""
     data = cfg.data
+    if data.format == "shards":
+        on_gpu = train and cfg.train.device != "cpu" and torch.cuda.is_available()  # JPEGs decoded by nvJPEG
+        return build_shard_dataset(data.dataset, data.root, split, train=train, fold=data.fold, decode_on_device=on_gpu,
+                                   val_fraction=data.val_fraction, val_seed=data.val_seed,
+                                   missing_list=run_dir(cfg) / f"missing_{split}.txt",
+                                   **clip_options(cfg, train, num_clips, num_crops))
     return build_clip_dataset(
         data.dataset,
         data.root,
@@ -263,8 +274,8 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     scaler = torch.amp.GradScaler(dist_info.device.type) if train.amp == "fp16" else None
     context = SwitchContext(model, train_set, dist_info, len(classes), normalizer, amp, train.seed, data.batch_size,
                             data.num_workers)
-    switches = TrainingSwitches(build_switches(cfg, context), nn.CrossEntropyLoss(label_smoothing=train.label_smoothing),
-                                train.seed, dist_info.rank)
+    loss = SoftTargetCrossEntropy(train.label_smoothing)  # cross-entropy of class indices or of mixed targets
+    switches = TrainingSwitches(build_switches(cfg, context), loss, train.seed, dist_info.rank)
     guard = NonFiniteGuard(train.nonfinite, train.max_consecutive_skips)
     return TrainingParts(directory, train_set, val_set, test_set, classes, model, memory_format, amp, amp_reason,
                          normalizer, sampler, loader, generator, val_loader, steps_per_epoch, optimizer, scheduler,

@@ -1,9 +1,9 @@
 """Step callbacks: functions the training loop calls after every optimizer step.
 
 Tests install them with ``train(cfg, step_callbacks=[...])``; the ``debug`` config section
-installs the two that subprocess and torchrun tests need (:func:`debug_callbacks`): per-rank
-parameter checksums and fault injection (SIGKILL at a step). The loop itself knows nothing of
-either.
+installs the ones that subprocess and torchrun tests need (:func:`debug_callbacks`): per-rank
+parameter checksums and fault injection (SIGKILL, a preemption signal or a stall at a step). The
+loop itself knows nothing of them.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -72,12 +73,48 @@ class KillAtStep:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass
+class SignalAtStep:
+    """After optimizer step ``step``, rank ``rank`` (-1: every rank) sends ``SIG<name>`` to itself, or
+    to its whole process group with ``group``; on a job's first attempt only."""
+
+    step: int
+    rank: int = -1
+    name: str = "TERM"
+    group: bool = False
+
+    def __call__(self, context: StepContext) -> None:
+        if context.step == self.step and restart_count() == 0 and self.rank in (-1, context.rank):
+            number = signal.Signals[f"SIG{self.name}"]
+            if self.group:
+                os.killpg(os.getpgid(0), number)
+            else:
+                os.kill(os.getpid(), number)
+
+
+@dataclass
+class StallAtStep:
+    """After optimizer step ``step``, rank ``rank`` sleeps ``seconds`` before fetching its next batch."""
+
+    step: int
+    rank: int
+    seconds: float
+
+    def __call__(self, context: StepContext) -> None:
+        if context.step == self.step and context.rank == self.rank:
+            time.sleep(self.seconds)
+
+
 def debug_callbacks(debug: DictConfig) -> list[StepCallback]:
-    """The callbacks the ``debug`` config section asks for: ``step_checksums`` and ``kill_at_step``
-    (with ``kill_rank``)."""
+    """The callbacks the ``debug`` config section asks for: ``step_checksums``, ``kill_at_step``
+    (with ``kill_rank``), ``signal_at_step`` and ``stall_at_step`` (with their options)."""
     callbacks: list[StepCallback] = []
     if debug.step_checksums:
         callbacks.append(write_step_checksum)
     if debug.kill_at_step >= 0:
         callbacks.append(KillAtStep(debug.kill_at_step, debug.kill_rank))
+    if debug.signal_at_step >= 0:
+        callbacks.append(SignalAtStep(debug.signal_at_step, debug.signal_rank, debug.signal, debug.signal_group))
+    if debug.stall_at_step >= 0:
+        callbacks.append(StallAtStep(debug.stall_at_step, debug.stall_rank, debug.stall_s))
     return callbacks

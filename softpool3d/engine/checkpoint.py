@@ -208,3 +208,17 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks keys {missing}")
     return state
+
+
+def stored_digest(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 (hex) a checkpoint of ours carries at its end, read without hashing the file
+    (a key for what was derived from it, e.g. a cached ONNX export); ``CheckpointError`` when it has none."""
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        if file.tell() < _COMMENT_LENGTH + 2:
+            raise CheckpointError(f"checkpoint {path} does not end with a softpool3d digest")
+        file.seek(-_COMMENT_LENGTH, os.SEEK_END)
+        end = file.read()
+    if not end.startswith(_DIGEST_PREFIX):
+        raise CheckpointError(f"checkpoint {path} does not end with a softpool3d digest")
+    return end[len(_DIGEST_PREFIX):].decode("ascii", errors="replace")

@@ -1,10 +1,14 @@
 """Command lines of ``softpool3d-train`` / ``tools/train.py``, ``softpool3d-test`` / ``tools/test.py``,
-``softpool3d-predict`` / ``tools/predict.py`` and ``softpool3d-export`` / ``tools/export.py``.
+``softpool3d-predict`` / ``tools/predict.py``, ``softpool3d-export`` / ``tools/export.py`` and
+``softpool3d-explain`` / ``tools/explain.py``.
 
 The arguments are parsed before anything imports torch (the engine is imported inside each
 command's job), so ``--help`` answers at once. A user error (a bad config value, a missing file, a
 damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
-exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead.
+exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead. A training job
+stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits with 75
+(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`); rank 0 then also writes the file
+``SOFTPOOL3D_PREEMPTED_FILE`` names, if set (torchrun turns its workers' 75 into its own 1).
 """
 from __future__ import annotations
 
@@ -45,11 +49,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
 USER_ERROR_EXIT_CODE = 2
 
 
-def setup_logging(debug: bool = False) -> None:
-    """INFO messages on stdout from rank 0 (DEBUG with ``debug``); warnings only from the other ranks."""
+def setup_logging(debug: bool = False, stream=None) -> None:
+    """INFO messages on ``stream`` (default stdout) from rank 0 (DEBUG with ``debug``); warnings only from
+    the other ranks.
+
+    A task of ``srun`` (no torchrun) first takes its rank and peers from SLURM's variables
+    (:func:`~softpool3d.engine.slurm_env.adopt_slurm_task_environment`)."""
+    from softpool3d.engine.slurm_env import adopt_slurm_task_environment
+
+    adopt_slurm_task_environment()
     rank = int(os.environ.get("RANK", "0"))
     level = (logging.DEBUG if debug else logging.INFO) if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stdout,
+    logging.basicConfig(level=level, stream=sys.stdout if stream is None else stream,
                         format="%(asctime)s %(levelname)s %(message)s" if rank == 0 else f"[rank {rank}] %(message)s",
                         datefmt="%H:%M:%S")
 
@@ -92,12 +103,21 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
+        from softpool3d.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
         from softpool3d.engine.splits import split_label
         from softpool3d.engine.train import train
 
         cfg = load_config(args.config, args.overrides)
         check_runnable(cfg)
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except Preempted as stop:
+            logger.warning("%s", stop)
+            marker = os.environ.get("SOFTPOOL3D_PREEMPTED_FILE")
+            if marker and int(os.environ.get("RANK", "0")) == 0:  # for wrappers that see no exit status (torchrun)
+                with open(marker, "w") as file:
+                    file.write(f"{stop}\n")
+            return PREEMPTED_EXIT_CODE
         if int(os.environ.get("RANK", "0")) == 0:
             figures = []
             if result.val_top1 is not None:
@@ -144,8 +164,16 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         description="Predict the action classes of videos with a trained checkpoint: a table on stdout, and "
                     "optionally a .json/.jsonl/.csv file, pooled features and videos with the prediction drawn on.")
     parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="video files, folders (searched recursively) or @list.txt (one path a line)")
+    parser.add_argument("--stream", default=None, metavar="URL",
+                        help="predict live on rtsp://, udp://, http(s)://, a camera /dev/videoN or a file played at "
+                             "its frame rate: one JSON line per window (--window, default 2 s, every --stride, "
+                             "default 1 s), skipping windows rather than falling behind")
+    parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="with --stream: seconds without a frame before the stream counts as stalled (default: 10)")
+    parser.add_argument("--reconnect", type=int, default=3, metavar="N",
+                        help="with --stream: times a stalled or failed live stream is opened again (default: 3)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per video (default: 5)")
     parser.add_argument("--clips", type=int, default=None, help="clips per video or window (default: the config's)")
     parser.add_argument("--crops", type=int, default=None,
@@ -158,23 +186,39 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--features", default=None, metavar="DIR",
                         help="write each video's pooled features as DIR/<relative path>.npy ((D,), or (windows, D))")
     parser.add_argument("--render", default=None, metavar="DIR",
-                        help="write each video again under DIR with its prediction drawn on the frames")
+                        help="write each video again under DIR with its prediction drawn on the frames "
+                             "(with --stream: the annotated stream to the file OUT.mp4)")
     parser.add_argument("--batch-size", type=int, default=None, help="views per forward pass (default: the config's "
                                                                      "data.test_batch_size)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0: in this process)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--runtime", default="eager", choices=("eager", "onnx"),
+                        help="eager: PyTorch; onnx: onnxruntime on the CPU, from --onnx FILE or the checkpoint "
+                             "exported once into the cache (default: eager)")
+    parser.add_argument("--onnx", default=None, metavar="FILE", help="the .onnx file --runtime onnx runs "
+                                                                     "(written by softpool3d-export)")
     _add_debug(parser)
     args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.stream):
+        parser.error("give either INPUT... or --stream URL")
     debug = _debug_requested(args)
-    setup_logging(debug)
+    setup_logging(debug, sys.stderr if args.stream and args.out is None else None)
 
     def job() -> int:
+        device = "cpu" if args.runtime == "onnx" and args.device is None else args.device
+        if args.stream:
+            from softpool3d.engine.stream import run_stream
+
+            return run_stream(args.checkpoint, args.stream, window=args.window or 2.0, stride=args.stride or 1.0,
+                              top_k=args.top_k, num_clips=args.clips, num_crops=args.crops, out=args.out,
+                              render_path=args.render, stall_timeout=args.stall_timeout, reconnects=args.reconnect,
+                              device=device, runtime=args.runtime, onnx=args.onnx)
         from softpool3d.engine.predict_command import run_predict
 
         return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,
                            num_crops=args.crops, window=args.window, stride=args.stride, out=args.out,
                            features_dir=args.features, render_dir=args.render, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device)
+                           workers=args.workers, device=device, runtime=args.runtime, onnx=args.onnx)
 
     return _run_reporting_user_errors(job, debug)
 
@@ -189,6 +233,9 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     parser.add_argument("--out", required=True, help="the file to write")
     parser.add_argument("--device", default="cpu", help="where the model is traced (default: cpu)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="ONNX with dynamic clip length and crop size (checked at two of each); models whose "
+                             "graph fixes the input size (MViT) refuse, saying why")
     _add_debug(parser)
     args = parser.parse_args(argv)
     debug = _debug_requested(args)
@@ -197,6 +244,37 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     def job() -> int:
         from softpool3d.engine.export import run_export
 
-        return run_export(args.checkpoint, args.format, args.out, args.device)
+        return run_export(args.checkpoint, args.format, args.out, args.device, dynamic=args.dynamic)
+
+    return _run_reporting_user_errors(job, debug)
+
+
+def explain_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``softpool3d-explain CHECKPOINT VIDEO... --out DIR``: exit 0, 1 when some video could not be decoded,
+    2 on a user error."""
+    parser = argparse.ArgumentParser(
+        description="Pictures of why: the Grad-CAM of each video's top class on the model's last stage (a heat-map "
+                    "video and a PNG contact sheet) and what one SoftPool layer keeps of its input (a PNG).")
+    parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
+    parser.add_argument("inputs", nargs="+", metavar="VIDEO",
+                        help="video files, folders (searched recursively) or @list.txt (one path a line)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for <video>-gradcam.mp4/.png and "
+                                                                    "<video>-softpool.png")
+    parser.add_argument("--top-k", type=int, default=3, help="classes named on the contact sheet (default: 3)")
+    parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                        help="explain this class instead of each video's top-1")
+    parser.add_argument("--pool-layer", default=None, metavar="NAME",
+                        help="the SoftPool layer to draw, by module name (default: the model's first)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    _add_debug(parser)
+    args = parser.parse_args(argv)
+    debug = _debug_requested(args)
+    setup_logging(debug)
+
+    def job() -> int:
+        from softpool3d.engine.explain_command import run_explain
+
+        return run_explain(args.checkpoint, args.inputs, args.out, top_k=args.top_k, class_name=args.class_name,
+                           pool_layer=args.pool_layer, device=args.device)
 
     return _run_reporting_user_errors(job, debug)

@@ -46,7 +46,10 @@ BASES_KEY = "defaults"
 class DataConfig:
     """Which videos, and how clips are cut from them (arguments of ``build_dataset``).
 
-    ``make_demo`` generates the synthetic demo set into ``root`` first. ``batch_size`` is per
+    ``make_demo`` generates the synthetic demo set into ``root`` first. ``format``: ``video`` (video
+    files under ``root``) or ``shards`` (JPEG frame shards written by ``tools/prepare_videos.py
+    --format shards``; ``root`` is their folder or an ``http(s)://`` or fsspec URL, and the shards'
+    own annotation lists serve the splits). ``batch_size`` is per
     process. Validation uses one centre view per video (clip accuracy); the test uses
     ``num_clips x num_crops`` views. A val/test video that cannot be decoded is left out of
     the metrics; more than ``max_bad_fraction`` of them stops the run, naming the files.
@@ -70,6 +73,7 @@ class DataConfig:
 
     dataset: str = "ucf101"
     root: str = "data/demo"
+    format: str = "video"
     annotations: Optional[str] = None
     fold: int = 1
     make_demo: bool = False
@@ -141,7 +145,9 @@ class TrainConfig:
     ``device``: auto (CUDA when there is a GPU) | cpu | cuda. ``num_threads``: CPU threads of
     each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
     ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
-    long a collective waits for a peer before failing (under torchrun).
+    long a collective waits for a peer before failing (under torchrun). ``stall_warn_s``: every
+    rank logs a rank whose phase (waiting for data, forward and backward, all-reduce, checkpoint,
+    validation) has not changed for this long, naming it (0: off; :mod:`softpool3d.engine.stall_watch`).
 
     Switches for small sets (all off by default; see :mod:`softpool3d.engine.switches`):
     ``mixup_alpha`` / ``cutmix_alpha``: Beta(alpha, alpha) mixing of a batch with its reverse
@@ -165,6 +171,7 @@ class TrainConfig:
     nonfinite: str = "stop"
     max_consecutive_skips: int = 3
     dist_timeout_s: int = 600
+    stall_warn_s: float = 60.0
     seed: int = 0
     deterministic: bool = False
     channels_last: bool = False
@@ -182,11 +189,22 @@ class DebugConfig:
     (:func:`softpool3d.engine.callbacks.debug_callbacks`).
 
     ``kill_at_step``: after that optimizer step, SIGKILL rank ``kill_rank`` (-1: every rank); only
-    on a job's first attempt, not after a torchrun restart.
+    on a job's first attempt, not after a torchrun restart. ``signal_at_step``: after that step,
+    rank ``signal_rank`` (-1: every rank) sends itself ``signal`` (TERM, INT or USR1), or its whole
+    process group (DataLoader workers and fork server too, as SLURM and a terminal do) with
+    ``signal_group``; first attempt only. ``stall_at_step``: after that step, rank ``stall_rank``
+    sleeps ``stall_s`` seconds before fetching its next batch (a rank stuck in video loading).
     """
 
     kill_at_step: int = -1
     kill_rank: int = -1
+    signal_at_step: int = -1
+    signal_rank: int = -1
+    signal: str = "TERM"
+    signal_group: bool = False
+    stall_at_step: int = -1
+    stall_rank: int = 1
+    stall_s: float = 0.0
     step_checksums: bool = False
 
 
@@ -223,7 +241,9 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "train.amp": ("auto", "none", "bf16", "fp16"),
         "train.nonfinite": ("stop", "skip"),
         "train.device": ("auto", "cpu", "cuda"),
+        "debug.signal": ("TERM", "INT", "USR1"),
         "data.sampler": ("uniform", "class_balanced"),
+        "data.format": ("video", "shards"),
     }
 
 
@@ -282,6 +302,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every_steps": _at_least(0),
     "train.max_consecutive_skips": _at_least(1),
     "train.dist_timeout_s": _at_least(1),
+    "train.stall_warn_s": _at_least(0),
     "train.mixup_alpha": _at_least(0),
     "train.cutmix_alpha": _at_least(0),
     "train.mix_prob": _in_range(0, 1),
@@ -346,7 +367,8 @@ def check_runnable(cfg: DictConfig, training: bool = True) -> None:
     folder, ``data.annotations``, ``model.pretrained`` and a ``resume`` path exist, and
     ``train.device=cuda`` has a CUDA device. Raises :class:`ConfigError` naming the key and value.
     ``training=False`` (evaluating a checkpoint, which holds the weights) skips the weight sources."""
-    if not cfg.data.make_demo and not Path(cfg.data.root).is_dir():
+    remote = cfg.data.format == "shards" and "://" in cfg.data.root
+    if not cfg.data.make_demo and not remote and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root={cfg.data.root}: dataset folder not found (absolute: {Path(cfg.data.root).resolve()})")
     for key in ("data.annotations", "model.pretrained") if training else ("data.annotations",):
         value = OmegaConf.select(cfg, key)

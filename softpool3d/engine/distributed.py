@@ -12,6 +12,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from softpool3d.engine.slurm_env import adopt_slurm_task_environment
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,11 +35,13 @@ class DistInfo:
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     """Join torchrun's process group if ``WORLD_SIZE`` > 1; pick CUDA (:func:`cuda_device_index`) or the CPU.
+    Under ``srun`` without torchrun the variables come from SLURM's (:mod:`~softpool3d.engine.slurm_env`).
 
     ``device`` is ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. A collective that
     waits longer than ``timeout_s`` for a peer (a rank that hangs) fails instead of blocking forever;
     a rank that dies ends the job sooner, as torchrun's agent stops the others.
     """
+    adopt_slurm_task_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

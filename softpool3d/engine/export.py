@@ -3,7 +3,11 @@
 Both are traced inside :func:`softpool3d.exportable.set_exportable`, so SoftPool becomes plain ops
 (per-window max shift, exact) instead of the ``softpool3d::`` custom op: the ONNX graph needs no
 custom domain (onnxruntime, TensorRT and OpenVINO run it) and the ``.pt2`` program loads with
-``torch.export.load`` in any process with torch. The batch size is dynamic. The ONNX model's
+``torch.export.load`` in any process with torch. The batch size is dynamic; with ``dynamic=True``
+the clip length and the crop's height and width are too (the global SoftPool of the head pools
+whatever size reaches it), and the ONNX file is checked in onnxruntime at two clip lengths and two
+crops. A model whose graph fixes its input size (MViT's position encoding is built for one
+``T x H x W``) cannot be exported so, and says why. The ONNX model's
 ``metadata_props`` carry what a consumer needs: class names, mean/std, frames, sampling rate,
 crop and test scale. After writing, the file is run on a clip and compared with the PyTorch model.
 """
@@ -81,8 +85,17 @@ def _reference_logits(recognizer: Recognizer, clips: torch.Tensor) -> np.ndarray
         return recognizer.model(clips.to(recognizer.device)).float().cpu().numpy()
 
 
-def _dynamic_batch() -> tuple[dict[int, object]]:
-    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+def _dynamic_dims(dynamic: bool) -> tuple[dict[int, object]]:
+    """The dynamic input dimensions: the batch, and with ``dynamic`` the clip length, height and width."""
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic:
+        dims.update({2: torch.export.Dim("time", min=1, max=4096), 3: torch.export.Dim("height", min=8, max=8192),
+                     4: torch.export.Dim("width", min=8, max=8192)})
+    return (dims,)
+
+
+class NotDynamicError(ConfigError):
+    """The model's graph fixes a size that ``--dynamic`` would free (the exporter's reason is in the message)."""
 
 
 @contextlib.contextmanager
@@ -103,17 +116,27 @@ def _quiet_exporter() -> Iterator[None]:
             each.setLevel(level)
 
 
-def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, props: dict[str, str]) -> Path:
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, props: dict[str, str],
+               dynamic: bool = False) -> Path:
     """Write ``model`` (in eval mode) as ONNX (opset 18, standard ops, input ``clips (N, C, T, H, W)``
-    traced at ``example``, output ``logits (N, K)``, dynamic ``N``) with ``metadata_props`` ``props``, atomically."""
+    traced at ``example``, output ``logits (N, K)``, dynamic ``N``, and ``T, H, W`` with ``dynamic``)
+    with ``metadata_props`` ``props``, atomically. A model that fixes its input size under ``dynamic``
+    raises :class:`NotDynamicError`."""
     import onnx
 
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         temporary = Path(folder) / path.name
         with torch.no_grad(), set_exportable(), _quiet_exporter():
-            torch.onnx.export(model, (example,), str(temporary), input_names=["clips"], output_names=["logits"],
-                              dynamic_shapes=_dynamic_batch(), opset_version=ONNX_OPSET, dynamo=True,
-                              external_data=False, verbose=False)
+            try:
+                torch.onnx.export(model, (example,), str(temporary), input_names=["clips"], output_names=["logits"],
+                                  dynamic_shapes=_dynamic_dims(dynamic), opset_version=ONNX_OPSET, dynamo=True,
+                                  external_data=False, verbose=False)
+            except Exception as error:
+                if not dynamic:
+                    raise
+                reason = " ".join(str(error).split())[:400]
+                raise NotDynamicError(f"{type(model).__name__} cannot be exported with dynamic clip length and crop "
+                                      f"(its graph fixes an input size; export it without --dynamic): {reason}") from error
         proto = onnx.load(str(temporary))
         onnx.helper.set_model_props(proto, props)
         onnx.checker.check_model(proto)
@@ -122,10 +145,29 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, props:
     return path
 
 
-def export_onnx(recognizer: Recognizer, path: Path) -> Path:
-    """:func:`write_onnx` of ``recognizer``'s model, traced at a batch of 2, with :func:`metadata`."""
+def export_onnx(recognizer: Recognizer, path: Path, dynamic: bool = False) -> Path:
+    """:func:`write_onnx` of ``recognizer``'s model, traced at a batch of 2, with :func:`metadata`
+    (``dynamic``: ``"true"`` when clip length and crop are free)."""
     example = example_clips(recognizer, 2).to(recognizer.device)
-    return write_onnx(recognizer.model.float().eval(), example, path, metadata(recognizer))
+    props = {**metadata(recognizer), "dynamic_clip_size": "true" if dynamic else "false"}
+    return write_onnx(recognizer.model.float().eval(), example, path, props, dynamic)
+
+
+def dynamic_check_shapes(recognizer: Recognizer) -> list[tuple[int, int]]:
+    """``(frames, crop)`` pairs a dynamic export is checked at: the config's clip and a longer one
+    (twice the frames), each at the config's crop and a larger one (plus 32 pixels)."""
+    _, frames, crop, _ = recognizer.input_shape
+    return [(t, c) for t in (frames, 2 * frames) for c in (crop, crop + 32)]
+
+
+def check_onnx_dynamic(recognizer: Recognizer, path: Path) -> list[tuple[tuple[int, int], ExportCheck]]:
+    """:func:`check_onnx` at each of :func:`dynamic_check_shapes` (a batch of 2 clips each)."""
+    results = []
+    for seed, (frames, crop) in enumerate(dynamic_check_shapes(recognizer)):
+        generator = torch.Generator().manual_seed(100 + seed)
+        clips = torch.randn(2, 3, frames, crop, crop, generator=generator)
+        results.append(((frames, crop), check_onnx(recognizer, path, clips)))
+    return results
 
 
 def custom_domains(path: Path) -> set[str]:
@@ -150,7 +192,7 @@ def export_pt2(recognizer: Recognizer, path: Path) -> Path:
     model = recognizer.model.float().eval()
     with torch.no_grad(), set_exportable(), _quiet_exporter():
         program = torch.export.export(model, (example_clips(recognizer, 2).to(recognizer.device),),
-                                      dynamic_shapes=_dynamic_batch())
+                                      dynamic_shapes=_dynamic_dims(False))
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         temporary = Path(folder) / path.name
         torch.export.save(program, str(temporary), extra_files={"softpool3d.json": json.dumps(metadata(recognizer))})
@@ -166,11 +208,15 @@ def check_pt2(recognizer: Recognizer, path: Path, clips: torch.Tensor) -> Export
     return _compare(exported, _reference_logits(recognizer, clips))
 
 
-def run_export(checkpoint: str, fmt: str, out: str, device: str = "cpu", overrides: Sequence[str] = ()) -> int:
+def run_export(checkpoint: str, fmt: str, out: str, device: str = "cpu", overrides: Sequence[str] = (),
+               dynamic: bool = False) -> int:
     """``softpool3d-export``: write ``checkpoint``'s model as ``fmt`` to ``out``, check it on a batch of 3
-    clips (another batch size than the traced one) and log the result; 1 when the check fails."""
+    clips (another batch size than the traced one), and with ``dynamic`` (ONNX only) at two clip
+    lengths and two crops, and log the result; 1 when a check fails."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if dynamic and fmt != "onnx":
+        raise ConfigError("--dynamic is for --format onnx")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides)
@@ -178,12 +224,19 @@ def run_export(checkpoint: str, fmt: str, out: str, device: str = "cpu", overrid
                 ", ".join(map(str, recognizer.input_shape)))
     clips = example_clips(recognizer, 3, seed=1)
     if fmt == "onnx":
-        export_onnx(recognizer, path)
+        export_onnx(recognizer, path, dynamic)
         foreign = custom_domains(path)
         if foreign:
             logger.error("%s uses custom op domains %s", path, sorted(foreign))
             return 1
         check = check_onnx(recognizer, path, clips)
+        if dynamic:
+            for (frames, crop), each in check_onnx_dynamic(recognizer, path):
+                logger.info("onnxruntime vs PyTorch at %d frames of %dx%d: max relative logit difference %.2e, top-1 %s",
+                            frames, crop, crop, each.max_relative_difference,
+                            "agrees" if each.top1_agrees else "DISAGREES")
+                if not each.ok:
+                    check = each
     else:
         export_pt2(recognizer, path)
         check = check_pt2(recognizer, path, clips)

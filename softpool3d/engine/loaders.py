@@ -5,9 +5,16 @@ once per loader, not again at every epoch and every validation. A persistent wor
 copy of the dataset, so ``set_epoch`` in the main process never reaches it; the training sampler
 (:class:`~softpool3d.engine.sampler.ResumableDistributedSampler`) therefore yields
 ``(epoch, index)`` pairs and :class:`EpochIndexed` sets the epoch of the worker's copy from them.
+
+Workers ignore SIGTERM, SIGINT and SIGUSR1 (:func:`~softpool3d.datasets.freeze_inherited_objects`:
+they keep serving a main process that stops after its step on them), so the SIGTERM by which
+``multiprocessing`` ends leftover daemon processes at exit would not end them;
+:func:`shut_down_workers` runs at exit before it and ends the workers of every loader still alive.
 """
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -39,7 +46,47 @@ def run_loader(dataset: Dataset, sampler: Optional[Sampler], batch_size: Optiona
     started by :func:`~softpool3d.datasets.worker_context` (a fork server: forking a parent that PyAV
     made multi-threaded can deadlock) and :func:`~softpool3d.datasets.freeze_inherited_objects` in
     each worker. The one way the engine (training, evaluation, prediction) builds its loaders."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", generator=generator, persistent_workers=num_workers > 0,
-                      worker_init_fn=freeze_inherited_objects,
-                      multiprocessing_context=worker_context() if num_workers > 0 else None)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                        pin_memory=device.type == "cuda", generator=generator, persistent_workers=num_workers > 0,
+                        worker_init_fn=freeze_inherited_objects,
+                        multiprocessing_context=worker_context() if num_workers > 0 else None)
+    if num_workers > 0:
+        _LOADERS.add(loader)
+    return loader
+
+
+_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+def shut_down_workers() -> None:
+    """End the persistent workers of every :func:`run_loader` loader still alive: ask them to stop and
+    join them (the loader's own shutdown), then SIGKILL any that did not. Registered with
+    ``atexit`` after torch's and multiprocessing's exit hooks, so it runs before them."""
+    for loader in list(_LOADERS):
+        iterator = loader._iterator
+        if iterator is None:
+            continue
+        iterator._shutdown_workers()
+        for worker in iterator._workers:
+            if worker.is_alive():
+                worker.kill()
+
+
+atexit.register(shut_down_workers)
+
+
+def dead_worker_signals() -> dict[int, int]:
+    """``pid -> signal number`` of the :func:`run_loader` workers that a signal ended.
+
+    A worker started from the fork server is not this process's child, so torch's own SIGCHLD
+    check cannot see how it died and reports only "exited unexpectedly"; the fork server does pass
+    the status on to the worker's ``Process`` object, read here.
+    """
+    ended = {}
+    for loader in list(_LOADERS):
+        iterator = loader._iterator
+        for worker in iterator._workers if iterator is not None else ():
+            code = worker.exitcode
+            if code is not None and code < 0:
+                ended[worker.pid] = -code
+    return ended

@@ -93,8 +93,10 @@ class Recognizer:
     """A trained model ready for new videos: ``Recognizer.from_checkpoint(path).predict("video.mp4")``."""
 
     def __init__(self, model: nn.Module, cfg: DictConfig, classes: Sequence[str], device: torch.device,
-                 checkpoint: str = "") -> None:
+                 checkpoint: str = "", runner: Optional[nn.Module] = None) -> None:
         self.model = model.eval().to(device)
+        self.runner = self.model if runner is None else runner
+        """What computes the logits: ``model`` (eager), or an :class:`~softpool3d.engine.runtime.OnnxModel`."""
         self.cfg = cfg
         self.classes = list(classes)
         self.device = device
@@ -104,16 +106,34 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        overrides: Sequence[str] = ()) -> "Recognizer":
+                        overrides: Sequence[str] = (), runtime: str = "eager",
+                        onnx: Optional[str | os.PathLike] = None) -> "Recognizer":
         """The model of checkpoint ``path`` (its config with ``overrides``, e.g. ``data.num_clips=1``, read as
         ``softpool3d-test`` reads it: :func:`~softpool3d.engine.trained_model.evaluation_config`) on ``device``
-        (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``."""
+        (default :func:`default_device`). A missing or damaged file raises ``CheckpointError``.
+        ``runtime="onnx"`` computes in onnxruntime (CPU): the file ``onnx``, or the checkpoint exported
+        once into the cache (:func:`~softpool3d.engine.runtime.cached_onnx`)."""
+        from softpool3d.engine.runtime import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if onnx is not None and runtime != "onnx":
+            raise ConfigError("--onnx FILE needs --runtime onnx")
         state = load_checkpoint(path)
         cfg = evaluation_config(state["config"], overrides, path)
         device = default_device() if device is None else torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device} was asked for, but torch sees no CUDA device")
-        return cls(trained_model(cfg, state, path), cfg, state["classes"], device, str(path))
+        recognizer = cls(trained_model(cfg, state, path), cfg, state["classes"], device, str(path))
+        if runtime == "onnx":
+            from softpool3d.engine.runtime import OnnxModel, cached_onnx
+
+            if device.type != "cpu":
+                raise ConfigError(f"--runtime onnx runs on the CPU, not {device}")
+            runner = OnnxModel(onnx if onnx is not None else cached_onnx(recognizer, path))
+            runner.check_classes(recognizer.classes, str(path))
+            recognizer.runner = runner
+        return recognizer
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -164,6 +184,8 @@ class Recognizer:
         processes, ``features`` to keep pooled features, ``progress`` for a bar.
         """
         data = self.cfg.data
+        if features and self.runner is not self.model:
+            raise ConfigError("--features reads the PyTorch model's classifier input: use --runtime eager")
         num_clips, num_crops = num_clips or int(data.num_clips), num_crops or int(data.num_crops)
         stride = stride if stride is not None else window
         results = [Prediction(str(v.path), relative=v.relative) for v in videos]
@@ -186,7 +208,7 @@ class Recognizer:
                 if not bool(good.any()):
                     continue
                 captured.clear()
-                logits = forward_views(self.model, batch[good], self.device, self.amp, self.normalizer)
+                logits = forward_views(self.runner, batch[good], self.device, self.amp, self.normalizer)
                 sums.index_add_(0, unit[good], logits.float().softmax(dim=1).double().cpu())
                 counts.index_add_(0, unit[good], torch.ones(int(good.sum()), dtype=torch.float64))
                 if features:

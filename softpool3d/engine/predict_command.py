@@ -23,7 +23,7 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
                 num_crops: Optional[int] = None, window: Optional[float] = None, stride: Optional[float] = None,
                 out: Optional[str] = None, features_dir: Optional[str] = None, render_dir: Optional[str] = None,
                 batch_size: Optional[int] = None, workers: int = 0, device: Optional[str] = None,
-                overrides: Sequence[str] = ()) -> int:
+                overrides: Sequence[str] = (), runtime: str = "eager", onnx: Optional[str] = None) -> int:
     """``softpool3d-predict``: the table on stdout, and ``out`` / ``features_dir`` / ``render_dir`` if given.
     Returns 1 when some video could not be decoded (each named in a warning), else 0."""
     if out is not None:
@@ -39,9 +39,9 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
     if num_crops is not None and num_crops not in NUM_CROPS:
         raise ConfigError(f"--crops must be one of {', '.join(map(str, NUM_CROPS))}, got {num_crops}")
     videos = collect_videos(inputs)
-    recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides)
-    logger.info("%s: %s (%d classes) on %s, %d videos", checkpoint, recognizer.cfg.model.name,
-                len(recognizer.classes), recognizer.device, len(videos))
+    recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides, runtime, onnx)
+    logger.info("%s: %s (%d classes) on %s (%s), %d videos", checkpoint, recognizer.cfg.model.name,
+                len(recognizer.classes), recognizer.device, runtime, len(videos))
     predictions = recognizer.predict_videos(videos, num_clips=num_clips, num_crops=num_crops, window=window,
                                             stride=stride, batch_size=batch_size, workers=workers,
                                             features=features_dir is not None, progress=len(videos) > 3)

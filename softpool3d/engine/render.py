@@ -20,21 +20,24 @@ def _label_at(prediction: Prediction, classes: Sequence[str], seconds: float) ->
     return f"{best['label']} {best['score']:.2f}"
 
 
-def _frames_with_captions(container, prediction: Prediction, classes: Sequence[str]) -> Iterator[np.ndarray]:
+def draw_caption(image, text: str) -> None:
+    """Draw ``text`` white on black in the top-left corner of the PIL ``image`` (in place), at a size
+    that follows the image's height."""
     from PIL import ImageDraw, ImageFont
 
+    font = ImageFont.load_default(size=max(10, image.height // 18))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((4, 4), text, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 255), font=font)
+
+
+def _frames_with_captions(container, prediction: Prediction, classes: Sequence[str]) -> Iterator[np.ndarray]:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 25)
-    font = None
     for index, frame in enumerate(container.decode(stream)):
         image = frame.to_image()
-        if font is None:
-            font = ImageFont.load_default(size=max(10, image.height // 18))
-        draw = ImageDraw.Draw(image)
-        text = _label_at(prediction, classes, index / fps)
-        left, top, right, bottom = draw.textbbox((4, 4), text, font=font)
-        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
-        draw.text((4, 4), text, fill=(255, 255, 255), font=font)
+        draw_caption(image, _label_at(prediction, classes, index / fps))
         yield np.asarray(image)
 
 

@@ -36,19 +36,23 @@ class StepSummary:
     loss: float
     grad_norm: float
     problems: list[str]
+    stop: bool = False
 
 
 def reduce_step(loss: torch.Tensor, norm: torch.Tensor, check_norm: bool, bad_buffers: torch.Tensor,
-                world_size: int, device: torch.device) -> StepSummary:
+                world_size: int, device: torch.device, stop: bool = False) -> StepSummary:
     """Sum this rank's ``loss`` (its mean over micro-batches), gradient ``norm`` (equal on every rank
     after DDP's all-reduce), whether either is non-finite (the norm only with ``check_norm``; a grad
     scaler handles its own overflows) and ``bad_buffers`` (:func:`~softpool3d.engine.nonfinite.count_nonfinite`
     of the BatchNorm
-    statistics) over ranks in one all-reduce, then read them with one device-to-host copy."""
+    statistics) over ranks in one all-reduce, then read them with one device-to-host copy. ``stop``
+    (this rank received a preemption signal, :mod:`~softpool3d.engine.preemption`) travels in the
+    same all-reduce: the summary's ``stop`` is true on every rank when it was on any."""
     loss, norm = loss.detach().to(device, torch.float64), norm.detach().to(device, torch.float64)
     flags = [~torch.isfinite(loss), ~torch.isfinite(norm) & check_norm, bad_buffers.to(device) > 0]
-    packed = torch.stack([loss, norm, *(flag.to(torch.float64) for flag in flags)])
+    stop_flag = torch.tensor(float(stop), dtype=torch.float64, device=device)
+    packed = torch.stack([loss, norm, *(flag.to(torch.float64) for flag in flags), stop_flag])
     values = all_reduce_sum(packed).tolist()
-    problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"), values[2:])
+    problems = [what for what, count in zip(("loss", "gradient norm", "BatchNorm running statistics"), values[2:5])
                 if count > 0]
-    return StepSummary(values[0] / world_size, values[1] / world_size, problems)
+    return StepSummary(values[0] / world_size, values[1] / world_size, problems, stop=values[5] > 0)

@@ -41,9 +41,15 @@ from softpool3d.engine.distributed import (
 )
 from softpool3d.engine.evaluate import EvalResult, evaluate, report_left_out
 from softpool3d.engine.inputs import model_inputs
+from softpool3d.engine.loader_failures import explain_loader_failure
+from softpool3d.engine.loaders import dead_worker_signals
 from softpool3d.engine.nonfinite import NonFiniteLossError, count_nonfinite, nonfinite_training_state
 from softpool3d.engine.run_layout import RunLayout
+from softpool3d.datasets.device_decode import on_device
+from softpool3d.engine.preemption import Preempted, PreemptionWatch
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.stall_watch import (ALL_REDUCE, CHECKPOINT, FORWARD_BACKWARD, TEST, VALIDATION,
+                                           WAITING_FOR_DATA, StallWatch)
 from softpool3d.engine.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.summary import log_startup_summary
 from softpool3d.engine.tensorboard_log import TensorBoardLog
@@ -103,19 +109,31 @@ def train(cfg: DictConfig, step_callbacks: Sequence[StepCallback] = ()) -> Train
     """Run the job described by ``cfg`` in this process (one rank of torchrun's, or the only one).
 
     After every optimizer step the loop calls the ``debug`` section's callbacks
-    (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``.
+    (:func:`~softpool3d.engine.callbacks.debug_callbacks`), then ``step_callbacks``. SIGTERM, SIGINT
+    or SIGUSR1 stop every rank after the same step with a checkpoint and raise :class:`Preempted`
+    (:mod:`~softpool3d.engine.preemption`); a rank that stops advancing is reported by every rank
+    (:mod:`~softpool3d.engine.stall_watch`).
     """
     backends.configure_determinism(cfg.train.deterministic)  # before CUDA starts
     dist_info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     lock = None
     try:
-        lock = _claim_run_dir(cfg, dist_info)
-        seed_everything(cfg.train.seed + dist_info.rank)
-        parts = builders.build_training(cfg, dist_info)
-        trainer = _Trainer(parts, builders.loop_settings(cfg), dist_info, [*debug_callbacks(cfg.debug), *step_callbacks])
-        log_startup_summary(cfg, dist_info, {"train": parts.train_set, "val": parts.val_set, "test": parts.test_set},
-                            parts.model, parts.steps_per_epoch, parts.amp, parts.amp_reason)
-        return trainer.run()
+        with PreemptionWatch() as preemption, \
+                StallWatch.for_job(dist_info.rank, dist_info.world_size, cfg.train.stall_warn_s) as watch:
+            try:
+                lock = _claim_run_dir(cfg, dist_info)
+                seed_everything(cfg.train.seed + dist_info.rank)
+                parts = builders.build_training(cfg, dist_info)
+                trainer = _Trainer(parts, builders.loop_settings(cfg), dist_info,
+                                   [*debug_callbacks(cfg.debug), *step_callbacks], preemption, watch)
+                log_startup_summary(cfg, dist_info,
+                                    {"train": parts.train_set, "val": parts.val_set, "test": parts.test_set},
+                                    parts.model, parts.steps_per_epoch, parts.amp, parts.amp_reason)
+                return trainer.run()
+            except Exception as error:
+                watch.annotate(error)
+                explain_loader_failure(error, cfg.data.num_workers, dead_worker_signals())
+                raise
     finally:
         if lock is not None:
             lock.release()
@@ -142,8 +160,9 @@ class _Trainer:
     :class:`~softpool3d.engine.builders.LoopSettings`: it is handed its objects and reads no config."""
 
     def __init__(self, parts: builders.TrainingParts, settings: builders.LoopSettings, dist_info: DistInfo,
-                 step_callbacks: Sequence[StepCallback]) -> None:
+                 step_callbacks: Sequence[StepCallback], preemption: PreemptionWatch, watch: StallWatch) -> None:
         self.settings, self.dist, self.step_callbacks = settings, dist_info, list(step_callbacks)
+        self.preemption, self.watch, self.stop_agreed = preemption, watch, False
         self.device = dist_info.device
         self.run_dir, self.layout = parts.run_dir, RunLayout(parts.run_dir)
         self.tensorboard_dir = self.layout.tensorboard
@@ -196,6 +215,7 @@ class _Trainer:
         Raises :class:`NonFiniteLossError` on every rank, writing nothing, if a model or optimizer
         tensor of rank 0 holds a NaN or an inf.
         """
+        self.watch.enter(CHECKPOINT, self.progress.step)
         path = self.layout.checkpoint(name)
         bad = nonfinite_training_state(self.model, self.optimizer) if self.dist.is_main else None
         gathered = all_gather_objects((rng_state(), bad))
@@ -230,6 +250,8 @@ class _Trainer:
                     self.progress.best_top1 = val_top1
                     self._checkpoint("best")
             last = self._checkpoint("last")
+            if self.preemption.agreed(self.device):
+                raise self._preempted(last)
         test = self._test() if self.test_set is not None else None
         self.board.close()
         best = self.layout.best
@@ -263,8 +285,11 @@ class _Trainer:
             buffers = self._snapshot_buffers() if settings.nonfinite == "skip" else None
             for micro in range(accumulate):
                 fetched = time.perf_counter()
+                self.watch.enter(WAITING_FOR_DATA, state.step + 1)
                 clips, labels, _ = next(batches)
+                self.watch.enter(FORWARD_BACKWARD)
                 wait += time.perf_counter() - fetched
+                clips = on_device(clips, self.device)  # a JpegBatch (shards decoded on the GPU) is decoded here
                 if repeats > 1:
                     clips, labels = flatten_repeats(clips, labels)
                 clips = model_inputs(clips, self.device, self.normalizer).contiguous(memory_format=self.memory_format)
@@ -279,6 +304,7 @@ class _Trainer:
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 loss_sum += loss.detach().double()
             loss_mean = self._optimizer_step(loss_sum / accumulate, buffers)
+            self.watch.enter(WAITING_FOR_DATA, state.step + 2)  # past the collective: bookkeeping, next batch
             self.switches.after_step(self.model, updated=self.guard.last_step_ok)
             elapsed = time.perf_counter() - started
             clips_per_step = accumulate * batch_size * repeats * self.dist.world_size
@@ -294,7 +320,14 @@ class _Trainer:
             self.board.scalars({"train/loss": loss_mean, "train/lr": lr, "train/clips_per_s": clips_per_s,
                                 "train/data_wait_s": wait}, state.step)
             self._after_step()
+            if self.stop_agreed:
+                raise self._preempted(self._checkpoint("last"))
         bar.close()
+
+    def _preempted(self, checkpoint: Path) -> Preempted:
+        """The every-rank stop after a signal: TensorBoard flushed, ``checkpoint`` already written."""
+        self.board.close()
+        return Preempted(self.progress.step, self.preemption.signal_name, checkpoint)
 
     def _snapshot_buffers(self) -> list[torch.Tensor]:
         return [buffer.clone() for buffer in self.model.buffers()]
@@ -311,8 +344,10 @@ class _Trainer:
             self.scaler.unscale_(self.optimizer)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         norm = gradient_norm(trainable, self.settings.grad_clip)
+        self.watch.enter(ALL_REDUCE)
         summary = reduce_step(local_loss, norm, self.scaler is None, count_nonfinite(self.float_buffers),
-                              self.dist.world_size, self.device)
+                              self.dist.world_size, self.device, stop=self.preemption.requested)
+        self.stop_agreed = summary.stop
         loss_mean, problems = summary.loss, summary.problems
         where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch + 1}, loss {loss_mean:.6g}, "
                  f"grad norm {summary.grad_norm:.6g})")
@@ -344,6 +379,7 @@ class _Trainer:
     def _validate(self, epoch: int) -> float:
         """Validate the models :meth:`TrainingSwitches.eval_models` names; returns the first's clip top-1."""
         settings = self.settings
+        self.watch.enter(VALIDATION, self.progress.step)
         results = []
         for name, model in self.switches.eval_models(self.model, epoch, self.progress.step):
             result = evaluate(model, self.val_set, self.dist, settings.eval_batch_size, settings.num_workers,
@@ -359,6 +395,7 @@ class _Trainer:
         return results[0].top1
 
     def _test(self) -> EvalResult:
+        self.watch.enter(TEST, self.progress.step)
         _, model = self.switches.eval_models(self.model, self.progress.epoch - 1, self.progress.step)[0]
         settings = self.settings
         result = test_model(model, self.test_set, self.dist, self.amp, self.normalizer, self.layout.test,

@@ -1,24 +1,39 @@
-"""tools/gpu_check.py, proven on the CPU: the dry run passes every step on videos it writes itself
-(with the carried wheels checked offline when tools/gpu_wheels.sh has run here), the wheel check
-refuses a wheel set that lacks a requirement, and the PyAV placeholder imports but refuses every use."""
+"""tools/gpu_check.py, proven on the CPU: whatever ends a step ends every process it started; the
+kernel steps refuse to report without the compiled extension; ``pytest -m cuda`` selecting nothing,
+or failing, is NOT OK with the failed names kept; an authors'-kernel run without its folder is
+skipped, never ok; the dry run passes its steps and writes its reports; the deployment scripts
+(tools/gpu_deploy) check the carried wheels and place a PyAV placeholder that refuses every use."""
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from softpool3d.benchmarks import gpu_check
+from softpool3d import extension
+from softpool3d.benchmarks.gpu_check import kernel_steps, orchestrate, processes, training_steps
+from softpool3d.benchmarks.gpu_check.context import Context, NotOk, Skipped
 
 REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "tools" / "gpu_deploy"
+
+
+def _deploy_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpu_deploy_{name}", DEPLOY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _wheel(folder: Path, name: str, requires: list[str]) -> Path:
     path = folder / f"{name}-1.0-py3-none-any.whl"
-    metadata = "\n".join([f"Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0",
+    metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0",
                           *(f"Requires-Dist: {item}" for item in requires)]) + "\n"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{name}-1.0.dist-info/METADATA", metadata)
@@ -28,69 +43,212 @@ def _wheel(folder: Path, name: str, requires: list[str]) -> Path:
 
 
 def test_wheel_check_names_a_requirement_neither_carried_nor_in_the_image(tmp_path):
+    wheels = _deploy_module("wheels")
     _wheel(tmp_path, "carried", ["numpy>=1", "yacs", "windows-only; sys_platform == 'win32'", "doc; extra == 'docs'"])
     with pytest.raises(RuntimeError, match=r"neither carried nor in the GPU image: \{'carried': \['yacs'\]\}"):
-        gpu_check.check_wheels(tmp_path, None, allow_offline=True)
+        wheels.check_wheels(tmp_path, None, allow_offline=True)
     _wheel(tmp_path, "yacs", [])
     with pytest.raises(RuntimeError, match="no Python 3.12"):  # the requirements close; the 3.12 check is next
-        gpu_check.check_wheels(tmp_path, None, allow_offline=True)
+        wheels.check_wheels(tmp_path, None, allow_offline=True)
+
+
+def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
+    site = _deploy_module("site")
+    (tmp_path / "wheels").mkdir()
+    site.prepare_site(tmp_path / "wheels", tmp_path / "site", dry_run=True)
+    code = ("import av, softpool3d.models\nassert issubclass(av.error.FFmpegError, Exception)\n"
+            "try:\n    av.open('x.mp4')\nexcept ImportError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
+                          check=True)
+    assert "PyAV is not carried" in done.stdout
 
 
 def test_a_step_gets_its_cap_plus_the_time_earlier_steps_left_unused():
-    steps = [gpu_check.Step(name, name, cap, lambda context: {}) for name, cap in (("a", 100), ("b", 50), ("c", 30))]
-    assert gpu_check.step_cap(steps[0], steps[1:], 180) == 100  # on schedule
-    assert gpu_check.step_cap(steps[1], steps[2:], 130) == 100  # "a" took 50 s: "b" gets them, "c" keeps 30
-    assert gpu_check.step_cap(steps[1], steps[2:], 40) == 40  # late: never past the budget
-    assert sum(step.cap_s for step in gpu_check.STEPS) <= gpu_check.TOTAL_BUDGET_S
+    steps = [orchestrate.Step(name, name, cap, lambda context: {}) for name, cap in (("a", 100), ("b", 50), ("c", 30))]
+    assert orchestrate.step_cap(steps[0], steps[1:], 180) == 100  # on schedule
+    assert orchestrate.step_cap(steps[1], steps[2:], 130) == 100  # "a" took 50 s: "b" gets them, "c" keeps 30
+    assert orchestrate.step_cap(steps[1], steps[2:], 40) == 40  # late: never past the budget
+    assert sum(step.cap_s for step in orchestrate.STEPS) <= orchestrate.TOTAL_BUDGET_S
+    assert orchestrate.STEP_NAMES[:2] == ["environment", "bench_op"]  # the headline table right after the build
 
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
 
 
-def test_a_silent_command_is_killed_at_its_timeout_with_its_children(tmp_path):
-    code, tail = gpu_check._run_logged(["bash", "-c", "sleep 30 & echo child $!; wait"], 1, tmp_path)
-    assert code == -9 and "killed after 1 s" in tail  # killed, not ended by itself after 30 s
-    child = int(tail.split("child ")[1].split()[0])
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(child)  # the whole process group went, not only bash
+def _gone(pids: list[int], patience_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + patience_s
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(pid) for pid in pids)
 
 
-def test_av_placeholder_imports_and_refuses_every_use(tmp_path):
-    (tmp_path / "av").mkdir()
-    (tmp_path / "av" / "__init__.py").write_text(gpu_check.AV_PLACEHOLDER)
-    code = ("import av\nassert issubclass(av.error.FFmpegError, Exception)\n"
-            "try:\n    av.open('x.mp4')\nexcept ImportError as e:\n    print(e)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert "PyAV is not carried" in done.stdout
+# a step that starts a child in its own group and a grandchild that leaves for a session of its own
+# (as pytest, torchrun and compute-sanitizer children may), then hangs
+ESCAPING_STEP = """
+import subprocess, sys, time
+child = subprocess.Popen(["sleep", "300"])
+grandchild = subprocess.Popen([sys.executable, "-c",
+    "import subprocess, time; p = subprocess.Popen(['sleep', '300'], start_new_session=True); "
+    "print(p.pid, flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+with open(sys.argv[1], "w") as pids:
+    print("pids", child.pid, grandchild.pid, grandchild.stdout.readline().strip(), file=pids, flush=True)
+time.sleep(300)
+"""
+
+
+def _escaping_step(folder: Path) -> tuple[list[str], Path]:
+    """The command of :data:`ESCAPING_STEP` and the file it writes its children's pids to."""
+    (folder / "step.py").write_text(ESCAPING_STEP)
+    return [sys.executable, str(folder / "step.py"), str(folder / "pids")], folder / "pids"
+
+
+def _started_pids(path: Path) -> list[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if "pids" in text:
+            return [int(value) for value in text.split("pids")[1].split()[:3]]
+        time.sleep(0.05)
+    raise AssertionError(f"the step never started its children: {text!r}")
+
+
+def test_a_step_killed_at_its_cap_leaves_no_process_behind(tmp_path):
+    command, log = _escaping_step(tmp_path)
+    code, tail = processes.run_group(["bash", "-c", " ".join(command)], 3, tmp_path, capture=True)
+    assert code is None and "killed after 3 s" in tail
+    pids = _started_pids(log)
+    assert _gone(pids), [pid for pid in pids if _alive(pid)]  # the child, the grandchild and its escaped child
+
+
+def test_sigterm_kills_the_running_step_and_every_process_it_started(tmp_path):
+    command, log = _escaping_step(tmp_path)
+    threading.Thread(target=lambda: (_started_pids(log), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
+    with processes.interrupt_on_signals():
+        with pytest.raises(processes.Interrupted, match="SIGTERM"):
+            processes.run_group(command, 60, tmp_path)
+    pids = _started_pids(log)
+    assert _gone(pids), [pid for pid in pids if _alive(pid)]
+
+
+def test_a_killed_check_takes_its_step_along(tmp_path):
+    """SIGKILL of the check (the device's kill at its command limit, which no handler sees): the
+    step's process dies with it (PR_SET_PDEATHSIG)."""
+    script = (f"from softpool3d.benchmarks.gpu_check import processes\n"
+              f"processes.run_group(['bash', '-c', 'echo $$ > {tmp_path / 'pid'}; sleep 300'], 300, '.')\n")
+    check = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    step = int((tmp_path / "pid").read_text())
+    check.kill()
+    check.wait()
+    assert _gone([step])
+
+
+def _context(tmp_path: Path, dry_run: bool = True, authors_kernel=None) -> Context:
+    return Context(dry_run, tmp_path, tmp_path, tmp_path, authors_kernel, {}, time.time() + 120)
+
+
+@pytest.fixture
+def no_extension(monkeypatch):
+    monkeypatch.setenv("SOFTPOOL3D_DISABLE_EXTENSION", "1")
+    extension.load.cache_clear()
+    yield
+    extension.load.cache_clear()
+
+
+@pytest.mark.parametrize("step", [kernel_steps.step_bench_op, kernel_steps.step_pytest_cuda,
+                                  kernel_steps.step_sanitizer, training_steps.step_train_steps,
+                                  training_steps.step_ddp, kernel_steps.step_environment])
+def test_kernel_steps_refuse_to_report_without_the_compiled_extension(tmp_path, no_extension, step):
+    with pytest.raises(NotOk, match="no compiled extension"):
+        step(_context(tmp_path))
+
+
+def test_a_failed_build_is_no_compiled_extension_not_a_fallback_figure(tmp_path, monkeypatch):
+    """The build fails (no compiler): the op would fall back with a warning; the steps refuse."""
+    def failing_build(with_cuda, verbose=False):
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(extension, "build", failing_build)
+    extension.load.cache_clear()
+    try:
+        with pytest.raises(NotOk, match="no compiled extension .*no compiler"):
+            kernel_steps.step_bench_op(_context(tmp_path))
+    finally:
+        extension.load.cache_clear()
+
+
+def test_the_authors_kernel_without_its_folder_is_skipped_not_ok(tmp_path):
+    with pytest.raises(Skipped, match="names no folder"):
+        kernel_steps.step_authors_kernel(_context(tmp_path))
+
+
+@pytest.mark.parametrize("code, outcome, dry_run, problem", [
+    (5, {"tests": 0}, True, "selected no test"),
+    (0, {"tests": 0}, True, "selected no test"),
+    (None, {"tests": None}, False, "killed at the step's cap"),
+    (1, {"tests": 3, "failures": 1, "errors": 0, "skipped": 0, "failed_tests": ["t::a"]}, False, r"1 failed.*t::a"),
+    (0, {"tests": 3, "failures": 0, "errors": 0, "skipped": 3, "skipped_tests": []}, False, "skipped all 3"),
+])
+def test_pytest_cuda_is_not_ok_unless_a_selection_ran_clean(code, outcome, dry_run, problem):
+    with pytest.raises(NotOk, match=problem):
+        kernel_steps.judge_pytest(code, outcome, dry_run)
+    kernel_steps.judge_pytest(0, {"tests": 3, "failures": 0, "errors": 0, "skipped": 3}, True)  # the CPU: all skip
 
 
 @pytest.mark.slow
-def test_dry_run_passes_every_step_and_writes_its_reports(tmp_path):
-    videos = tmp_path / "videos"
-    gpu_check.make_videos(videos, frames=80, height=120, width=160)
+def test_pytest_cuda_keeps_the_failed_test_names_and_refuses_an_empty_selection(tmp_path, monkeypatch):
+    tests = tmp_path / "test_gpu.py"
+    tests.write_text("import pytest\n\n@pytest.mark.cuda\ndef test_right():\n    pass\n\n"
+                     "@pytest.mark.cuda\ndef test_wrong():\n    assert False\n\ndef test_cpu_only():\n    pass\n")
+    monkeypatch.setattr(kernel_steps, "CUDA_TESTS", [tests])
+    with pytest.raises(NotOk, match=r"1 failed, 0 errors .*test_wrong"):
+        kernel_steps.step_pytest_cuda(_context(tmp_path))
+    assert json.loads((tmp_path / "pytest_cuda.partial.json").read_text())["failed_tests"] == ["test_wrong"]
+    tests.write_text("def test_cpu_only():\n    pass\n")
+    with pytest.raises(NotOk, match="selected no test"):
+        kernel_steps.step_pytest_cuda(_context(tmp_path))
+
+
+def _dry_run(tmp_path: Path, steps: str, env: dict) -> tuple[subprocess.CompletedProcess, dict, Path]:
     out = tmp_path / "out"
-    wheels = REPO / ".whl"
     command = [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--out", str(out), "--videos",
-               str(videos), "--allow-offline", "--wheels", str(wheels)]
-    if not any(wheels.glob("*.whl")):  # tools/gpu_wheels.sh not run here: nothing to check
-        command.append("--skip-wheel-check")
-    # the 3.12 resolution against the registry is left to the script's own runs: here pip finds no index
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "PIP_NO_INDEX": "1"})
+               str(tmp_path), "--skip-wheel-check", "--wheels", str(tmp_path), "--steps", steps]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    return done, json.loads((out / "gpu_check.json").read_text()), out
+
+
+@pytest.mark.slow
+def test_dry_run_passes_its_steps_and_writes_its_reports(tmp_path):
+    steps = ["environment", "bench_op", "sanitizer", "authors_kernel"]
+    done, results, out = _dry_run(tmp_path, ",".join(steps), {})
     assert done.returncode == 0, done.stdout[-4000:]
-    results = json.loads((out / gpu_check.RESULTS).read_text())
-    assert {name: entry["status"] for name, entry in results["steps"].items()} == {
-        name: "ok" for name in gpu_check.STEP_NAMES}
-    rows = results["steps"]["train_steps"]["result"]["rows"]
-    assert {(row["model"], row["pool"], row["mode"]) for row in rows} >= {("r3d_18", pool, "eager")
-                                                                           for pool in ("soft", "max", "avg")}
-    assert results["steps"]["ddp"]["result"]["ranks_2"]["world_size"] == 2
-    report = (out / gpu_check.REPORT).read_text()
-    assert all(f"(`{name}`): ok" in report for name in gpu_check.STEP_NAMES)
-    assert "every step ok" in (out / gpu_check.LOG).read_text()
+    statuses = {name: entry["status"] for name, entry in results["steps"].items()}
+    assert statuses.pop("authors_kernel").startswith("skipped: ")
+    assert statuses == {name: "ok" for name in steps[:-1]}
+    preflight = results["steps"]["environment"]["result"]["preflight"]
+    assert preflight["python_h"] and preflight["ninja"] and preflight["blocking"] == []
+    rows = results["steps"]["bench_op"]["result"]["rows"]
+    assert {(row["layout"], row["method"]) for row in rows} >= {(layout, "softpool3d")
+                                                                for layout in ("contiguous", "channels_last_3d")}
+    assert results["steps"]["sanitizer"]["result"]["cases_on_cpu"] == ["28 cases ran on cpu"]
+    report = (out / "gpu_check.md").read_text()
+    assert "(`bench_op`): ok" in report and "| softpool3d |" in report
+    assert "every step ok (skipped: authors_kernel)" in (out / "gpu_check.log").read_text()
+
+
+@pytest.mark.slow
+def test_dry_run_without_the_extension_says_not_ok_for_every_kernel_step(tmp_path):
+    """The whole command refuses, end to end (each kernel step's refusal is tested directly above)."""
+    steps = ["environment", "bench_op"]
+    done, results, out = _dry_run(tmp_path, ",".join(steps), {"SOFTPOOL3D_DISABLE_EXTENSION": "1"})
+    assert done.returncode == 1
+    assert {name: entry["status"].split(" (")[0] for name, entry in results["steps"].items()} == {
+        name: "NOT OK: no compiled extension" for name in steps}
+    assert f"NOT OK: {', '.join(steps)}" in (out / "gpu_check.log").read_text()

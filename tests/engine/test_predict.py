@@ -1,6 +1,7 @@
 """softpool3d-predict and the Recognizer: bad files named and the others predicted, top-k from the
 checkpoint's classes against the model run on PyAV-decoded frames and against softpool3d-test's own
 probabilities, windows covering a long video in order, features and rendered videos."""
+import csv
 import json
 import logging
 import shutil
@@ -181,3 +182,35 @@ def test_user_errors_are_one_error_line_and_exit_2(checkpoint, inputs, tmp_path,
         caplog.clear()
         assert cli.predict_main(argv) == 2
         assert len(errors(caplog)) == 1 and needle in errors(caplog)[0], errors(caplog)
+
+
+def test_csv_from_a_video_list_has_each_videos_labels_and_scores_in_rank_order(checkpoint, inputs, tmp_path,
+                                                                                 monkeypatch):
+    """``@list.txt``: one input a line, relative to the list's folder (not the working directory),
+    blank and ``#`` lines skipped; the CSV has a row per video with ``label_k``/``score_k`` the k-th
+    class and probability of the model run on PyAV-decoded frames."""
+    folder = tmp_path / "listed"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(inputs / "a.mp4", folder / "a.mp4")
+    shutil.copy(inputs / "nested" / "c.mp4", folder / "sub" / "c.mp4")
+    (folder / "videos.txt").write_text("# two of the demo videos\nsub/c.mp4\n\na.mp4\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "predictions.csv"
+    assert cli.predict_main([str(checkpoint), f"@{folder / 'videos.txt'}", "--out", str(out), "--top-k", "2",
+                             "--workers", "0"]) == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["video"] for row in rows] == [str(folder / "sub" / "c.mp4"), str(folder / "a.mp4")]
+    recognizer = Recognizer.from_checkpoint(checkpoint, "cpu")
+    for row in rows:
+        reference = pyav_probabilities(recognizer, row["video"])
+        ranked = np.argsort(-reference)[:2]
+        assert [row["label_1"], row["label_2"]] == [CLASSES[i] for i in ranked]
+        np.testing.assert_allclose([float(row["score_1"]), float(row["score_2"])], reference[ranked], atol=2e-6)
+        assert row["views"] == "2" and float(row["duration"]) == pytest.approx(16 / 25)
+        assert row["start"] == row["end"] == row["error"] == ""
+
+
+def test_stride_without_window_is_a_user_error(checkpoint, inputs, caplog):
+    assert cli.predict_main([str(checkpoint), str(inputs / "a.mp4"), "--stride", "1", "--workers", "0"]) == 2
+    assert len(errors(caplog)) == 1 and "--stride needs --window" in errors(caplog)[0], errors(caplog)

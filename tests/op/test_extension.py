@@ -2,16 +2,19 @@
 processes that build it at once into the same cache all end up with a working kernel."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils import cpp_extension
+from torch.utils.file_baton import FileBaton
 
 from softpool3d import extension
 
@@ -117,3 +120,55 @@ def test_cpu_tensors_on_a_gpu_host_load_the_cpu_build(monkeypatch):
         assert built == [False, True]
     finally:
         extension.load.cache_clear()
+
+
+class _PlainFileLock:
+    """torch 2.11's lock around ``cpp_extension.load``: a plain file whose mere existence blocks
+    (``FileBaton``), waiting at most ``patience`` seconds here instead of forever."""
+
+    patience = 3.0
+
+    def __init__(self, path: str) -> None:
+        self.baton = FileBaton(path)
+        self.held = False
+
+    def __enter__(self) -> "_PlainFileLock":
+        self.held = self.baton.try_acquire()
+        deadline = time.monotonic() + self.patience
+        while not self.held and os.path.exists(self.baton.lock_file_path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {self.patience} s on {self.baton.lock_file_path}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.baton.release()
+
+
+def test_a_lock_file_left_by_a_killed_build_does_not_stall_the_next_load(monkeypatch):
+    """A build killed inside torch's plain-file lock leaves ``lock`` behind; the next load, under
+    softpool3d's own OS lock, removes it and loads instead of waiting forever."""
+    extension.for_device(torch.device("cpu"))  # built once (the cache): only the lock is at stake
+    monkeypatch.setattr(cpp_extension, "FileLock", _PlainFileLock)
+    name = extension.build_name(with_cuda=False)
+    lock = Path(cpp_extension._get_build_directory(name, False)) / "lock"
+    lock.write_text("")  # what a killed build leaves
+    module = extension.build(with_cuda=False)
+    assert module.forward is not None and not lock.exists()
+
+
+def test_softpool3d_builds_of_one_folder_take_turns(tmp_path):
+    """The OS lock serializes builders of one folder, and its holder's death releases it."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from softpool3d import extension\n"
+        f"with extension._build_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    handle = open(tmp_path / "softpool3d.lock")
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.kill()
+    holder.wait()
+    with extension._build_lock(tmp_path):  # released by the kernel when its holder was killed
+        pass

@@ -145,6 +145,28 @@ def test_reference_path_equals_loop_reference(shape, output_size):
     torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def without_extension(monkeypatch):
+    """The op as it runs where the extension is disabled (``SOFTPOOL3D_DISABLE_EXTENSION=1``) or cannot be built."""
+    monkeypatch.setenv("SOFTPOOL3D_DISABLE_EXTENSION", "1")
+    extension.load.cache_clear()
+    assert extension.for_device(torch.device("cpu")) is None
+    yield
+    extension.load.cache_clear()
+
+
+@pytest.mark.parametrize("shape,output_size", [c[:2] for c in CASES[:5]], ids=CASE_IDS[:5])
+def test_op_without_the_extension_equals_loop_reference(without_extension, shape, output_size):
+    """The public function and module with no compiled kernel: values and gradients of the formula."""
+    x, grad, y_ref, dx_ref = reference(shape, output_size, torch.float64)
+    x = x.requires_grad_()
+    y = softpool3d.soft_adaptive_pool3d(x, output_size)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(softpool3d.SoftAdaptivePool3d(output_size)(x), y_ref, rtol=1e-12, atol=1e-12)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "dims,shape,output_size",
     [

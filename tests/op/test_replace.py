@@ -189,7 +189,15 @@ def test_dropin_benchmark_measures_both_variants_in_the_same_rounds(monkeypatch)
 
     tiny = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     monkeypatch.setitem(dropin.CASES, "tiny", (tiny, (2, 3, 16, 16)))
+    order, step = [], dropin.train_step
+
+    def recording_step(model, x):
+        order.append("soft" if any(isinstance(m, SoftPool2d) for m in model.modules()) else "original")
+        return step(model, x)
+
+    monkeypatch.setattr(dropin, "train_step", recording_step)
     result = dropin.compare("tiny", repeats=2)
+    assert order == ["original", "soft"] * 3  # one warm-up step each, then rounds that alternate
     assert (result.replaced, result.left) == (2, 0)
     assert all(len(result.seconds[v]) == len(result.peak_mb[v]) == 2 for v in dropin.VARIANTS)
     assert dropin.table_row(result).startswith("| tiny | 2x3x16x16 | 2 | 0 |")

@@ -2,14 +2,14 @@
 loop calls without knowing them by name (:class:`~softpool3d.engine.switches.base.TrainingSwitch`).
 
 :data:`SWITCHES` lists them, in the order their hooks run: random erasing and mixup/CutMix of each
-batch (mixing also makes the loss soft-target), the EMA of the weights, precise BatchNorm. The loop
+batch, the EMA of the weights, precise BatchNorm. The loop
 holds one :class:`TrainingSwitches` and calls it at four points: each micro-batch goes through
 :meth:`~TrainingSwitches.augment` (then the loss is :attr:`~TrainingSwitches.criterion`), each
 optimizer step ends with :meth:`~TrainingSwitches.after_step`, each evaluation evaluates the
 models that :meth:`~TrainingSwitches.eval_models` gives; checkpoints hold
 :meth:`~TrainingSwitches.state_dict` (each switch's state under its name). With every switch off
-(the default) a batch and its labels pass through unchanged and the loss is plain cross-entropy with
-label smoothing.
+(the default) a batch and its labels pass through unchanged and the loss is cross-entropy with label
+smoothing (:class:`~softpool3d.engine.switches.mixing.SoftTargetCrossEntropy`, which also takes mixed targets).
 
 A new switch is one module here (a :class:`~softpool3d.engine.switches.base.TrainingSwitch` and a
 ``build(cfg, context)`` that returns it when its config key turns it on, else None), its line in

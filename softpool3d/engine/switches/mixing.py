@@ -97,8 +97,7 @@ class Mixer:
 
 class Mixing(TrainingSwitch):
     """``train.mixup_alpha``, ``train.cutmix_alpha`` and ``train.mix_prob``: each training micro-batch
-    goes through :class:`Mixer`, and the loss becomes :class:`SoftTargetCrossEntropy` with the run's
-    label smoothing (equal to plain cross-entropy on class indices, so only mixed targets change it)."""
+    goes through :class:`Mixer`; the run's loss, :class:`SoftTargetCrossEntropy`, takes the mixed targets."""
 
     name = "mixing"
 
@@ -108,9 +107,6 @@ class Mixing(TrainingSwitch):
     def augment(self, clips: torch.Tensor, targets: torch.Tensor,
                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mixer(clips, targets, rng)
-
-    def criterion(self, loss: nn.Module) -> nn.Module:
-        return SoftTargetCrossEntropy(loss.label_smoothing)
 
 
 def build(cfg: DictConfig, context: SwitchContext) -> Optional[Mixing]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from softpool3d.datasets.device_decode import on_device
 from softpool3d.engine.amp import autocast
 from softpool3d.engine.distributed import all_reduce_sum
 from softpool3d.engine.inputs import model_inputs
@@ -105,6 +106,7 @@ class PreciseBatchNorm(TrainingSwitch):
             for index, (clips, _, _) in enumerate(self.loader):
                 if index == self.batches:
                     return
+                clips = on_device(clips, self.device)
                 yield clips.flatten(0, 1) if clips.ndim == 6 else clips  # repeat_aug: (N, k, ...) -> (N * k, ...)
 
         def forward(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
