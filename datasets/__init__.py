@@ -14,7 +14,8 @@ from softpool3d.datasets.demo import DEMO_CLASSES, make_demo_dataset, write_vide
 from softpool3d.datasets.index import LabelList, PathList
 from softpool3d.datasets.shard_dataset import ShardDataset, ShardSet, build_shard_dataset
 from softpool3d.datasets.shard_index import ShardIndexError
-from softpool3d.datasets.registry import DATASET_NAMES, DatasetFormat, dataset_format, list_datasets, register_dataset
+from softpool3d.datasets.registry import DATASET_NAMES, SPLITS, DatasetFormat, dataset_format, list_datasets, register_dataset
+from softpool3d.datasets.sampling import NUM_CROPS
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
 from softpool3d.datasets.workers import freeze_inherited_objects, worker_context
 
@@ -23,11 +24,13 @@ __all__ = [
     "Annotations",
     "ClipDataset",
     "DATASET_NAMES",
+    "NUM_CROPS",
     "DEMO_CLASSES",
     "DatasetFormat",
     "LabelList",
     "OpenVideo",
     "PathList",
+    "SPLITS",
     "ShardDataset",
     "ShardIndexError",
     "ShardSet",

@@ -18,12 +18,10 @@ from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.index import VideoIndex
 from softpool3d.datasets.index_cache import cache_file, load_index, save_index
-from softpool3d.datasets.registry import DatasetFormat, dataset_format
+from softpool3d.datasets.registry import SPLITS, DatasetFormat, dataset_format
 from softpool3d.datasets.val_split import carve_groups
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 PathLike = Union[str, Path]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from softpool3d.datasets.annotations import VIDEO_EXTENSIONS, AnnotationError, bad_line, make_index, read_lines
 from softpool3d.datasets.index import VideoIndex, list_folder
-from softpool3d.datasets.registry import DatasetFormat, register_dataset
+from softpool3d.datasets.registry import SPLITS, DatasetFormat, register_dataset
 
 def _read_pairs(table: Path, root: Path) -> list[tuple[str, str]]:
     delimiter = "\t" if table.suffix == ".tsv" else ","
@@ -20,9 +20,6 @@ def _read_pairs(table: Path, root: Path) -> list[tuple[str, str]]:
             continue
         pairs.append((os.path.join(root, parts[0]), parts[1]))
     return pairs
-
-
-SPLITS = ("train", "val", "test")
 
 
 def _tables(annotations: Path) -> dict[str, Path]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from softpool3d.datasets.annotations import VIDEO_EXTENSIONS, AnnotationError, check_source
 from softpool3d.datasets.index import PathList, VideoIndex
-from softpool3d.datasets.registry import DatasetFormat, register_dataset
+from softpool3d.datasets.registry import SPLITS, DatasetFormat, register_dataset
 
 _VIDEO_SUFFIXES = VIDEO_EXTENSIONS + tuple(e.upper() for e in VIDEO_EXTENSIONS)
 
@@ -139,7 +139,7 @@ class Kinetics(DatasetFormat):
         ``test.csv`` has no ``label`` column; asking for ``test`` then raises an error saying so.
         Videos are found by listing their folders once (no file is opened or stat'ed).
         """
-        check_source(source, ("train", "val", "test"))
+        check_source(source, SPLITS)
         path = _kinetics_file(annotations, source)
         if path is None:
             raise FileNotFoundError(f"no {' or '.join(n + '.csv' for n in KINETICS_FILES[source])} in {annotations}")

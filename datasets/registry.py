@@ -28,6 +28,9 @@ import numpy as np
 from softpool3d.datasets.index import VideoIndex
 from softpool3d.datasets.val_split import group_ids
 
+SPLITS = ("train", "val", "test")
+"""The splits a run reads; each format's :meth:`DatasetFormat.plan` says which list serves each."""
+
 
 class DatasetFormat(abc.ABC):
     """How one dataset lays out its annotation lists and videos; registered by name.

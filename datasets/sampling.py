@@ -16,6 +16,9 @@ from typing import Callable, Sequence
 
 import torch
 
+NUM_CROPS = (1, 3)
+"""How many spatial crops a test view may take: 1 (the centre) or 3 (start, centre and end of the long side)."""
+
 TrainSampler = Callable[[int, int, int, torch.Generator], Sequence[int]]
 """``(total, num_frames, sampling_rate, generator) -> frame indices`` of one training clip, every
 random choice drawn from ``generator``; ``total`` is the video's frame count."""
@@ -69,10 +72,10 @@ def crop_offsets(size: tuple[int, int], crop: int, num_crops: int) -> list[tuple
     """Top-left corners of ``num_crops`` (1: centre, 3: start/centre/end of the long side) crops."""
     height, width = size
     centre = ((height - crop) // 2, (width - crop) // 2)
+    if num_crops not in NUM_CROPS:
+        raise ValueError(f"num_crops must be one of {', '.join(map(str, NUM_CROPS))}, got {num_crops}")
     if num_crops == 1:
         return [centre]
-    if num_crops != 3:
-        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
     if width >= height:
         return [(centre[0], 0), centre, (centre[0], width - crop)]
     return [(0, centre[1]), centre, (height - crop, centre[1])]

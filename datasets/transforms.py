@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from softpool3d.datasets.rand_augment import VideoRandAugment
-from softpool3d.datasets.sampling import crop_offsets, randint
+from softpool3d.datasets.sampling import NUM_CROPS, crop_offsets, randint
 
 
 def _to_video(frames: torch.Tensor) -> tv_tensors.Video:
@@ -73,8 +73,8 @@ class TestTransform:
     def __init__(self, crop_size: int, scale: int, num_crops: int = 1) -> None:
         if scale < crop_size:
             raise ValueError(f"test_scale {scale} is smaller than crop_size {crop_size}")
-        if num_crops not in (1, 3):
-            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if num_crops not in NUM_CROPS:
+            raise ValueError(f"num_crops must be one of {', '.join(map(str, NUM_CROPS))}, got {num_crops}")
         self.crop_size = crop_size
         self.num_crops = num_crops
         self.resize = v2.Resize(scale, antialias=True)

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from softpool3d import SoftPool3d, soft_pool3d
-
-POOL_KINDS = ("soft", "max", "avg")
+from softpool3d.replace import POOL_KINDS
 
 IntOrTuple = Union[int, Sequence[int]]
 

@@ -38,8 +38,8 @@ SOURCE_KINDS = ("max", "avg", "adaptive")
 """The layer kinds :func:`replace_pooling` can replace: ``MaxPoolNd``, ``AvgPoolNd`` and
 ``AdaptiveAvgPoolNd``/``AdaptiveMaxPoolNd``."""
 
-TARGET_POOLS = ("soft", "max", "avg")
-"""What the layers become: SoftPool, or max or average pooling of the same geometry (average
+POOL_KINDS = ("soft", "max", "avg")
+"""The pooling kinds, of :func:`replace_pooling` and of the models' ``pool`` (``model.pool``): what the layers become: SoftPool, or max or average pooling of the same geometry (average
 pooling without padded positions, ``count_include_pad=False``, as the models' ``avg`` kind).
 SoftPool and max pooling accept any input the padded window fits; torch's ``avg_pool3d`` also
 wants the unpadded input at least as large as the window (S3D's 3x3x3 pools over 2 frames fail)."""
@@ -109,8 +109,8 @@ def _check_kinds(kinds: Iterable[str], pool: str) -> tuple[str, ...]:
     unknown = [kind for kind in kinds if kind not in SOURCE_KINDS]
     if unknown:
         raise ValueError(f"kinds must be taken from {SOURCE_KINDS}, got {unknown}")
-    if pool not in TARGET_POOLS:
-        raise ValueError(f"pool must be one of {TARGET_POOLS}, got {pool!r}")
+    if pool not in POOL_KINDS:
+        raise ValueError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
     return kinds
 
 

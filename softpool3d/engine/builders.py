@@ -28,10 +28,12 @@ from softpool3d.engine.inputs import ClipNormalizer
 from softpool3d.engine.loaders import EpochIndexed, run_loader
 from softpool3d.engine.nonfinite import NonFiniteGuard
 from softpool3d.engine.optim import build_optimizer as optimizer_of
+from softpool3d.engine.run_layout import RunLayout
 from softpool3d.engine.optim import build_scheduler as schedule_of
 from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.splits import split_label
-from softpool3d.engine.switches import TrainingSwitches
+from softpool3d.engine.switches import SwitchContext, TrainingSwitches, build_switches
+from softpool3d.engine.switches.mixing import SoftTargetCrossEntropy
 from softpool3d.engine.training_state import model_weights
 from softpool3d.datasets import build_shard_dataset
 from softpool3d.models import build_model as build_network
@@ -92,7 +94,7 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, num_clips: int = 1, 
         fold=data.fold,
         val_fraction=data.val_fraction,
         val_seed=data.val_seed,
-        missing_list=run_dir(cfg) / f"missing_{split}.txt",
+        missing_list=RunLayout(run_dir(cfg)).missing_list(split),
         **clip_options(cfg, train, num_clips, num_crops),
     )
 
@@ -241,7 +243,7 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     set_threads(cfg)
     if dist_info.is_main:
         prepare_data(cfg)
-        save_config(cfg, directory / "config.yaml")
+        save_config(cfg, RunLayout(directory).config)
     barrier()
     data, train = cfg.data, cfg.train
     train_set = build_dataset(cfg, data.train_split, train=True)
@@ -270,7 +272,10 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(dist_info.device.type) if train.amp == "fp16" else None
-    switches = TrainingSwitches(cfg, model, train_set, dist_info, len(classes), normalizer)
+    context = SwitchContext(model, train_set, dist_info, len(classes), normalizer, amp, train.seed, data.batch_size,
+                            data.num_workers)
+    loss = SoftTargetCrossEntropy(train.label_smoothing)  # cross-entropy of class indices or of mixed targets
+    switches = TrainingSwitches(build_switches(cfg, context), loss, train.seed, dist_info.rank)
     guard = NonFiniteGuard(train.nonfinite, train.max_consecutive_skips)
     return TrainingParts(directory, train_set, val_set, test_set, classes, model, memory_format, amp, amp_reason,
                          normalizer, sampler, loader, generator, val_loader, steps_per_epoch, optimizer, scheduler,

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+from softpool3d.engine.export_formats import EXPORT_FORMATS
+
 logger = logging.getLogger("softpool3d")
 
 
@@ -174,8 +176,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="with --stream: times a stalled or failed live stream is opened again (default: 3)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per video (default: 5)")
     parser.add_argument("--clips", type=int, default=None, help="clips per video or window (default: the config's)")
-    parser.add_argument("--crops", type=int, default=None, choices=(1, 3),
-                        help="crops per clip (default: the config's)")
+    parser.add_argument("--crops", type=int, default=None,
+                        help="crops per clip, 1 or 3 (default: the config's)")
     parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
                         help="also predict on windows of this many seconds; the video's top-k averages them")
     parser.add_argument("--stride", type=float, default=None, metavar="SECONDS",
@@ -228,7 +230,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         description="Export a checkpoint's model to ONNX (standard ops only) or a torch.export program (.pt2), "
                     "then check the file against PyTorch on a clip.")
     parser.add_argument("checkpoint", help="a checkpoint written by softpool3d-train")
-    parser.add_argument("--format", required=True, choices=("onnx", "pt2"))
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     parser.add_argument("--out", required=True, help="the file to write")
     parser.add_argument("--device", default="cpu", help="where the model is traced (default: cpu)")
     parser.add_argument("--dynamic", action="store_true",

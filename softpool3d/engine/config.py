@@ -63,9 +63,12 @@ class DataConfig:
     magnitude ``rand_augment_m`` (0-30, torchvision's scale) drawn once per clip and applied to
     every frame alike (:mod:`softpool3d.datasets.rand_augment`); ``random_erasing``: the
     probability that a training clip gets one box erased through all its frames
-    (:mod:`softpool3d.engine.erasing`). ``sampler``: ``uniform`` (each training video once an
+    (:mod:`softpool3d.engine.switches.erasing`). ``sampler``: ``uniform`` (each training video once an
     epoch) or ``class_balanced`` (videos drawn with replacement, each class equally often;
     :mod:`softpool3d.engine.sampler`).
+    ``num_frames``, ``crop_size``, ``mean`` and ``std`` left unset (null) are the model's own
+    (:func:`softpool3d.models.model_info`: its clip size ``(T, H, W)`` and the normalisation its
+    weights expect), as timm's ``resolve_data_config`` does; a recipe states them only to differ.
     """
 
     dataset: str = "ucf101"
@@ -79,13 +82,13 @@ class DataConfig:
     test_split: str = "test"
     val_fraction: float = 0.1
     val_seed: int = 0
-    num_frames: int = 16
+    num_frames: Optional[int] = None
     sampling_rate: int = 2
-    crop_size: int = 112
+    crop_size: Optional[int] = None
     train_scale: List[int] = field(default_factory=lambda: [128, 160])
     test_scale: int = 128
-    mean: List[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
-    std: List[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
     num_clips: int = 10
     num_crops: int = 3
     batch_size: int = 8
@@ -226,7 +229,7 @@ class ConfigError(ValueError):
 def _choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of each name-valued key. Model, pool, optimizer and dataset names are read
     from their registries when a config is checked, so a model registered after import is accepted."""
-    splits = ("train", "val", "test")
+    splits = tuple(datasets.SPLITS)
     return {
         "model.name": tuple(models.list_models()),
         "model.pool": tuple(models.POOL_KINDS),
@@ -266,13 +269,13 @@ def _in_range(low: float, high: float, high_open: bool = False) -> tuple[Callabl
 
 
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.fold": _in_range(1, 3),
     "data.num_frames": _at_least(1),
     "data.sampling_rate": _at_least(1),
     "data.crop_size": _at_least(1),
     "data.test_scale": _at_least(1),
     "data.num_clips": _at_least(1),
-    "data.num_crops": ((lambda value: value in (1, 3)), "must be 1 or 3"),
+    "data.num_crops": ((lambda value: value in datasets.NUM_CROPS),
+                       f"must be one of {', '.join(map(str, datasets.NUM_CROPS))}"),
     "data.batch_size": _at_least(1),
     "data.test_batch_size": _at_least(1),
     "data.num_workers": _at_least(0),
@@ -317,12 +320,18 @@ _LISTS = {
 """List-valued keys: ``key -> (length, what is expected)``."""
 
 
-def _check(cfg: DictConfig, source: str) -> None:
-    """Range-check every value of ``cfg``; raise :class:`ConfigError` naming key, value and ``source``."""
+def _check_choices(cfg: DictConfig, source: str) -> None:
+    """Check every name-valued key of ``cfg`` against :func:`_choices`; raise :class:`ConfigError` naming
+    key, value and ``source``."""
     for key, choices in _choices().items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _check(cfg: DictConfig, source: str) -> None:
+    """Range-check every value of ``cfg`` (names checked, model defaults filled); raise
+    :class:`ConfigError` naming key, value and ``source``."""
     for key, (length, expected) in _LISTS.items():
         value = list(OmegaConf.select(cfg, key))
         if len(value) != length:
@@ -332,6 +341,10 @@ def _check(cfg: DictConfig, source: str) -> None:
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
             raise ConfigError(f"{source}: {key}={value} {rule}")
     data = cfg.data
+    folds = datasets.dataset_format(data.dataset).folds if data.dataset in datasets.list_datasets() else None
+    if folds is not None and data.fold not in folds:
+        raise ConfigError(f"{source}: data.fold={data.fold} must be one of {', '.join(map(str, folds))} "
+                          f"(the folds of {data.dataset})")
     low, high = data.train_scale
     if not data.crop_size <= low <= high:
         raise ConfigError(f"{source}: data.train_scale={[low, high]} must satisfy data.crop_size ({data.crop_size}) "
@@ -383,8 +396,23 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> 
         except OmegaConfBaseException as error:
             raise ConfigError(f"command-line override {item!r}: {error}") from None
         cfg = _merge(cfg, dotlist, f"command-line override {item!r}")
-    _check(cfg, source if not overrides else f"{source} with overrides {' '.join(overrides)}")
+    source = source if not overrides else f"{source} with overrides {' '.join(overrides)}"
+    _check_choices(cfg, source)
+    _resolve_model_defaults(cfg)
+    _check(cfg, source)
     return cfg
+
+
+def _resolve_model_defaults(cfg: DictConfig) -> None:
+    """Fill the unset ``data.num_frames``, ``data.crop_size``, ``data.mean`` and ``data.std`` from
+    the record of ``model.name`` (a known name: :func:`_check` tests it first)."""
+    info = models.model_info(cfg.model.name)
+    data = cfg.data
+    defaults = {"num_frames": info.clip_size[0], "crop_size": info.clip_size[1], "mean": list(info.mean),
+                "std": list(info.std)}
+    for key, value in defaults.items():
+        if data[key] is None:
+            data[key] = value
 
 
 def find_config(path: Union[str, os.PathLike]) -> Path:

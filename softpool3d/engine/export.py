@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from softpool3d.engine.config import ConfigError
+from softpool3d.engine.export_formats import EXPORT_FORMATS
 from softpool3d.engine.predict import Recognizer
 from softpool3d.exportable import set_exportable
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4
 """The largest relative logit difference (``max |exported - torch| / max |torch|``) an export may show."""
 
@@ -213,8 +213,8 @@ def run_export(checkpoint: str, fmt: str, out: str, device: str = "cpu", overrid
     """``softpool3d-export``: write ``checkpoint``'s model as ``fmt`` to ``out``, check it on a batch of 3
     clips (another batch size than the traced one), and with ``dynamic`` (ONNX only) at two clip
     lengths and two crops, and log the result; 1 when a check fails."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if dynamic and fmt != "onnx":
         raise ConfigError("--dynamic is for --format onnx")
     path = Path(out)

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from softpool3d.datasets import NUM_CROPS
 from softpool3d.engine.config import ConfigError
 from softpool3d.engine.predict import Recognizer
 from softpool3d.engine.prediction_outputs import format_table, output_format, write_features, write_output
@@ -35,6 +36,8 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
             raise ConfigError(f"{name} must be positive, got {value}")
     if workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {workers}")
+    if num_crops is not None and num_crops not in NUM_CROPS:
+        raise ConfigError(f"--crops must be one of {', '.join(map(str, NUM_CROPS))}, got {num_crops}")
     videos = collect_videos(inputs)
     recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides, runtime, onnx)
     logger.info("%s: %s (%d classes) on %s (%s), %d videos", checkpoint, recognizer.cfg.model.name,

@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from softpool3d.engine.checkpoint import remove_stale_temporaries
+from softpool3d.engine.run_layout import RunLayout
 
 logger = logging.getLogger(__name__)
-
-LOCK_NAME = ".lock"
-
 
 class RunDirError(RuntimeError):
     """The run directory cannot be written, or another job holds it."""
@@ -36,7 +34,7 @@ class RunLock:
 
     def __init__(self, run_dir: Union[str, os.PathLike]) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = RunLayout(self.run_dir).lock
         self._fd: Optional[int] = None
 
     def acquire(self) -> Optional[str]:
@@ -90,14 +88,15 @@ def claim_run_dir(run_dir: Union[str, os.PathLike]) -> RunLock:
     """Check that ``run_dir`` and its ``checkpoints/`` are writable, lock it and remove stale
     temporary files; returns the held :class:`RunLock` (release it when the job ends)."""
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     _check_writable(run_dir)
-    _check_writable(run_dir / "checkpoints")
+    _check_writable(layout.checkpoints)
     lock = RunLock(run_dir)
     previous = lock.acquire()
     if previous is not None:
         logger.warning("took over the lock of %s from a job that ended without releasing it (%s)", run_dir, previous)
-    stale = remove_stale_temporaries(run_dir / "checkpoints")
+    stale = remove_stale_temporaries(layout.checkpoints)
     if stale:
         logger.warning("removed %d temporary file(s) of interrupted checkpoint writes from %s", len(stale),
-                       run_dir / "checkpoints")
+                       layout.checkpoints)
     return lock

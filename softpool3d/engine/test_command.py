@@ -12,6 +12,7 @@ from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import ConfigError, check_runnable
 from softpool3d.engine.distributed import cleanup, init_distributed
 from softpool3d.engine.evaluate import EvalResult
+from softpool3d.engine.run_layout import RunLayout
 from softpool3d.engine.testing import test_model
 from softpool3d.engine.trained_model import evaluation_config, trained_model
 
@@ -24,11 +25,11 @@ def test_output_dir(checkpoint: str | Path, out: Optional[str | Path] = None) ->
     elsewhere needs ``out`` (:class:`ConfigError`)."""
     if out is not None:
         return Path(out)
-    path = Path(checkpoint).resolve()
-    if path.parent.name != "checkpoints":
+    layout = RunLayout.of_checkpoint(checkpoint)
+    if layout is None:
         raise ConfigError(f"checkpoint {checkpoint} is not in a run's checkpoints/ folder, so there is no run "
                           f"directory to write to; choose one with --out DIR")
-    return path.parent.parent / f"test-{path.stem}"
+    return layout.test_of(checkpoint)
 
 
 def run_test(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str | Path] = None) -> EvalResult:

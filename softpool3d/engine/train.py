@@ -44,6 +44,7 @@ from softpool3d.engine.inputs import model_inputs
 from softpool3d.engine.loader_failures import explain_loader_failure
 from softpool3d.engine.loaders import dead_worker_signals
 from softpool3d.engine.nonfinite import NonFiniteLossError, count_nonfinite, nonfinite_training_state
+from softpool3d.engine.run_layout import RunLayout
 from softpool3d.datasets.device_decode import on_device
 from softpool3d.engine.preemption import Preempted, PreemptionWatch
 from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
@@ -163,9 +164,8 @@ class _Trainer:
         self.settings, self.dist, self.step_callbacks = settings, dist_info, list(step_callbacks)
         self.preemption, self.watch, self.stop_agreed = preemption, watch, False
         self.device = dist_info.device
-        self.run_dir = parts.run_dir
-        self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.tensorboard_dir = self.run_dir / "tensorboard"
+        self.run_dir, self.layout = parts.run_dir, RunLayout(parts.run_dir)
+        self.tensorboard_dir = self.layout.tensorboard
         self.train_set, self.val_set, self.test_set = parts.train_set, parts.val_set, parts.test_set
         self.left_out_reported: set[str] = set()
         self.amp, self.normalizer, self.classes = parts.amp, parts.normalizer, parts.classes
@@ -191,12 +191,12 @@ class _Trainer:
     def _resume(self) -> None:
         resume = self.settings.resume
         restarts = restart_count()
-        if restarts > 0 and (self.checkpoint_dir / "last.pt").is_file():
+        if restarts > 0 and self.layout.last.is_file():
             logger.warning("torchrun restarted the job (restart %d): resuming from its last checkpoint", restarts)
             resume = "auto"
         if not resume:
             return
-        path = self.checkpoint_dir / "last.pt" if resume == "auto" else Path(resume)
+        path = self.layout.last if resume == "auto" else Path(resume)
         if resume == "auto" and not path.is_file():
             logger.info("resume=auto: no %s yet, starting fresh", path)
             return
@@ -204,7 +204,7 @@ class _Trainer:
         if list(checkpoint["classes"]) != self.classes:
             raise ValueError(f"checkpoint {path} was trained on other classes than {self.settings.data_root}")
         self.progress = restore_training(checkpoint, path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                         self.dist.rank, self.dist.world_size, self.switches.ema)
+                                         self.dist.rank, self.dist.world_size, self.switches)
         self.guard.skipped, self.guard.consecutive = self.progress.skipped_steps, self.progress.consecutive_skips
         self.guard.last_checkpoint = (path, self.progress.step)
         logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)
@@ -216,7 +216,7 @@ class _Trainer:
         tensor of rank 0 holds a NaN or an inf.
         """
         self.watch.enter(CHECKPOINT, self.progress.step)
-        path = self.checkpoint_dir / f"{name}.pt"
+        path = self.layout.checkpoint(name)
         bad = nonfinite_training_state(self.model, self.optimizer) if self.dist.is_main else None
         gathered = all_gather_objects((rng_state(), bad))
         states, bad = [state for state, _ in gathered], gathered[0][1]
@@ -230,7 +230,7 @@ class _Trainer:
                                            consecutive_skips=self.guard.consecutive)
             save_checkpoint(training_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, progress,
                                                 self.sampler.epoch, self.settings.config, self.classes, states,
-                                                self.switches.ema),
+                                                self.switches.state_dict(), self.switches.eval_weights),
                             path)
         if name == "last":
             self.guard.last_checkpoint = (path, self.progress.step)
@@ -239,7 +239,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         settings = self.settings
         val_top1 = None
-        last = self.checkpoint_dir / "last.pt"
+        last = self.layout.last
         while self.progress.epoch < settings.epochs:
             self._train_epoch()
             epoch = self.progress.epoch
@@ -254,7 +254,7 @@ class _Trainer:
                 raise self._preempted(last)
         test = self._test() if self.test_set is not None else None
         self.board.close()
-        best = self.checkpoint_dir / "best.pt"
+        best = self.layout.best
         result = TrainResult(
             run_dir=self.run_dir, last_checkpoint=last, best_checkpoint=best if best.is_file() else None,
             tensorboard_dir=self.tensorboard_dir, step=self.progress.step,
@@ -265,7 +265,7 @@ class _Trainer:
             logger.warning("%d of %d steps were skipped as non-finite (train.nonfinite=skip)", self.guard.skipped,
                            result.step)
         if self.dist.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result.metrics(self.dist.world_size), indent=2))
+            self.layout.metrics.write_text(json.dumps(result.metrics(self.dist.world_size), indent=2))
         return result
 
     def _train_epoch(self) -> None:
@@ -398,7 +398,7 @@ class _Trainer:
         self.watch.enter(TEST, self.progress.step)
         _, model = self.switches.eval_models(self.model, self.progress.epoch - 1, self.progress.step)[0]
         settings = self.settings
-        result = test_model(model, self.test_set, self.dist, self.amp, self.normalizer, self.run_dir / "test",
+        result = test_model(model, self.test_set, self.dist, self.amp, self.normalizer, self.layout.test,
                             settings.test_label, batch_size=settings.eval_batch_size,
                             num_workers=settings.num_workers, max_bad_fraction=settings.max_bad_fraction,
                             already_reported=self.left_out_reported)

@@ -5,13 +5,14 @@ and :func:`load_model_state` read it back. A checkpoint holds ``model`` (state d
 prefix), ``optimizer``, ``scheduler``, ``scaler`` (or None), ``epoch`` (the epoch in progress), ``step`` (optimizer steps done),
 ``step_in_epoch``, ``config`` (plain dict), ``classes``, ``rng`` (one entry per rank: python,
 numpy, torch and the rank's own CUDA device's states), ``best_top1``, ``sampler_epoch``, ``skipped_steps`` and
-``consecutive_skips`` (non-finite steps skipped), ``ema`` (the EMA of the weights and buffers, a
-state dict like ``model``'s, when ``train.ema_decay > 0``; else None) with ``ema_updates``, and
-the file format's ``meta`` (:mod:`softpool3d.engine.checkpoint`).
+``consecutive_skips`` (non-finite steps skipped), ``switches`` (each training switch's state under
+its own name, e.g. ``{"ema": {"weights", "updates"}}``; the layout knows none of them), ``eval_weights``
+(the switch whose ``weights`` are the evaluation's, or None), and the file format's ``meta``
+(:mod:`softpool3d.engine.checkpoint`).
 
 Which weights a checkpoint's model is: :func:`model_weights`. With ``weights="auto"`` (the test,
-export, ``model.pretrained``) that is ``ema`` when the run kept one, else ``model``; resuming
-training restores both.
+export, ``model.pretrained``) that is the ``eval_weights`` switch's (the EMA's when the run kept
+one), else ``model``; resuming training restores both.
 """
 from __future__ import annotations
 
@@ -19,16 +20,13 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from softpool3d.engine.checkpoint import CheckpointError
-
-if TYPE_CHECKING:
-    from softpool3d.engine.ema import ModelEma
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +78,12 @@ class Progress:
 
 def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                         progress: Progress, sampler_epoch: int, config: dict, classes: list[str],
-                        rng: list[dict[str, Any]], ema: Optional[ModelEma] = None) -> dict[str, Any]:
+                        rng: list[dict[str, Any]], switches: Optional[Mapping[str, Any]] = None,
+                        eval_weights: Optional[str] = None) -> dict[str, Any]:
     """The checkpoint of a training run (see the module docstring), ready for :func:`save_checkpoint`;
-    ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config, ``ema`` the
-    run's EMA (None when off)."""
+    ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config, ``switches``
+    the switches' states by name (:meth:`~softpool3d.engine.switches.TrainingSwitches.state_dict`) and
+    ``eval_weights`` the switch whose ``weights`` are the evaluation's (None: the model's)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -99,23 +99,38 @@ def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sche
         "rng": rng,
         "skipped_steps": progress.skipped_steps,
         "consecutive_skips": progress.consecutive_skips,
-        "ema": ema.state_dict() if ema is not None else None,
-        "ema_updates": ema.updates if ema is not None else 0,
+        "switches": dict(switches or {}),
+        "eval_weights": eval_weights,
     }
+
+
+def switch_states(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], Optional[str]]:
+    """``(switches, eval_weights)`` of ``checkpoint``. A checkpoint written before switches kept their
+    own states holds the EMA at its top level (``ema``, ``ema_updates``): that is read as the switch
+    ``ema``'s state ``{"weights", "updates"}``, its weights the evaluation's."""
+    if "switches" in checkpoint:
+        return dict(checkpoint["switches"]), checkpoint.get("eval_weights")
+    if checkpoint.get("ema") is None:
+        return {}, None
+    return {"ema": {"weights": checkpoint["ema"], "updates": checkpoint.get("ema_updates", 0)}}, "ema"
+
+
+class SwitchStates(Protocol):
+    """What :func:`restore_training` gives the switches' states to (:class:`~softpool3d.engine.switches.TrainingSwitches`)."""
+
+    def load_state_dict(self, states: Mapping[str, Any], path: Union[str, os.PathLike]) -> None: ...
 
 
 def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike], model: nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rank: int = 0,
-                     world_size: int = 1, ema: Optional[ModelEma] = None) -> Progress:
-    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects, ``ema``
-    (if the run keeps one) and this process's RNGs (rank ``rank``'s states, when the checkpoint has
-    one per process of a ``world_size``-process run; otherwise a warning); returns its :class:`Progress`."""
+                     world_size: int = 1, switches: Optional[SwitchStates] = None) -> Progress:
+    """Load a :func:`training_checkpoint` (read from ``path``) into the training objects, the
+    ``switches`` (their states by name, :func:`switch_states`) and this process's RNGs (rank ``rank``'s
+    states, when the checkpoint has one per process of a ``world_size``-process run; otherwise a
+    warning); returns its :class:`Progress`."""
     load_model_state(model, checkpoint, path, weights="model")
-    if ema is not None and checkpoint.get("ema") is not None:
-        ema.load_state_dict(checkpoint["ema"], checkpoint["ema_updates"])
-    elif ema is not None:
-        logger.warning("checkpoint %s holds no EMA (its run had train.ema_decay=0): the EMA starts from the "
-                       "weights at the next step", path)
+    if switches is not None:
+        switches.load_state_dict(switch_states(checkpoint)[0], path)
     states = checkpoint.get("rng") or []
     if len(states) == world_size:
         set_rng_state(states[rank])
@@ -131,21 +146,18 @@ def restore_training(checkpoint: Mapping[str, Any], path: Union[str, os.PathLike
                     checkpoint.get("consecutive_skips", 0))
 
 
-WEIGHTS = ("auto", "model", "ema")
-"""Which weights of a checkpoint :func:`model_weights` gives: ``auto`` (``ema`` if the run kept an EMA,
-else ``model``), ``model`` (the raw weights) or ``ema``."""
-
-
 def model_weights(checkpoint: Mapping[str, Any], weights: str = "auto",
                   path: Union[str, os.PathLike] = "checkpoint") -> Mapping[str, torch.Tensor]:
-    """The state dict of ``checkpoint`` that ``weights`` (one of :data:`WEIGHTS`) names; asking for
-    ``ema`` of a run without one raises :class:`CheckpointError` naming ``path``."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
-    ema = checkpoint.get("ema")
-    if weights == "ema" and ema is None:
-        raise CheckpointError(f"checkpoint {path} holds no EMA weights (its run had train.ema_decay=0)")
-    return ema if weights == "ema" or (weights == "auto" and ema is not None) else checkpoint["model"]
+    """The state dict of ``checkpoint`` that ``weights`` names: ``auto`` (the evaluation weights: those of
+    the switch ``eval_weights`` names, e.g. the EMA, else the model's), ``model`` (the raw weights) or a
+    switch's name; a switch the run did not keep raises :class:`CheckpointError` naming ``path``."""
+    states, eval_weights = switch_states(checkpoint)
+    name = eval_weights if weights == "auto" else weights
+    if name is None or name == "model":
+        return checkpoint["model"]
+    if "weights" not in (states.get(name) or {}):
+        raise CheckpointError(f"checkpoint {path} holds no {name} weights (its run had no {name} switch)")
+    return states[name]["weights"]
 
 
 def load_model_state(model: nn.Module, checkpoint: Mapping[str, Any], path: Union[str, os.PathLike],

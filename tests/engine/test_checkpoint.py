@@ -59,7 +59,7 @@ def test_training_checkpoint_restores_every_object_and_the_progress(tmp_path):
                                 [rng_state()])
     assert set(state) == {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "step_in_epoch",
                           "sampler_epoch", "best_top1", "config", "classes", "rng", "skipped_steps",
-                          "consecutive_skips", "ema", "ema_updates"}
+                          "consecutive_skips", "switches", "eval_weights"}
     path = save_checkpoint(state, tmp_path / "last.pt")
     fresh = _training_objects(1)
     assert restore_training(load_checkpoint(path), path, *fresh) == progress

@@ -74,7 +74,7 @@ def test_saved_config_reloads_identically(tmp_path):
 
 
 BAD_VALUES = {
-    "data.fold": 4, "data.num_frames": 0, "data.sampling_rate": 0, "data.crop_size": -5, "data.test_scale": 0,
+    "data.num_frames": 0, "data.sampling_rate": 0, "data.crop_size": -5, "data.test_scale": 0,
     "data.num_clips": 0, "data.num_crops": 2, "data.batch_size": 0, "data.test_batch_size": 0,
     "data.num_workers": -1, "data.max_bad_fraction": 1.5, "data.repeat_aug": 0, "model.dropout": 1.0, "model.freeze_stages": -1,
     "optim.lr": 0.0, "optim.momentum": 1.0, "optim.weight_decay": -0.1, "optim.warmup_epochs": -1.0,
@@ -85,6 +85,28 @@ BAD_VALUES = {
     "train.ema_decay": 1.0, "train.precise_bn_batches": -1, "data.rand_augment_n": -1, "data.rand_augment_m": 31,
     "data.random_erasing": 1.5,
 }
+
+
+def test_fold_is_checked_against_the_folds_its_dataset_declares():
+    with pytest.raises(ConfigError, match=r"data.fold=4 must be one of 1, 2, 3 \(the folds of ucf101\)"):
+        load_config(None, ["data.fold=4"])
+    with pytest.raises(ConfigError, match=r"data.fold=0 must be one of 1, 2, 3 \(the folds of hmdb51\)"):
+        load_config(None, ["data.dataset=hmdb51", "data.fold=0"])
+    assert load_config(None, ["data.dataset=kinetics700", "data.fold=4"]).data.fold == 4  # one split: ignored
+
+
+def test_clip_size_and_normalisation_default_to_the_models_record():
+    """As timm's resolve_data_config: unset, they are the model's; stated, the recipe's."""
+    from softpool3d import models
+
+    for name in ("x3d_m", "torchvision.s3d", "r3d_18"):
+        info = models.model_info(name)
+        cfg = load_config("ucf101/x3d_s_soft", [f"model.name={name}", "data.train_scale=[320,320]",
+                                                "data.test_scale=320"])
+        assert (cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size) == info.clip_size
+        assert (tuple(cfg.data.mean), tuple(cfg.data.std)) == (info.mean, info.std)
+    cfg = load_config("ucf101/x3d_s_soft", ["data.crop_size=128", "data.mean=[0.5,0.5,0.5]"])
+    assert (cfg.data.num_frames, cfg.data.crop_size, list(cfg.data.mean)) == (13, 128, [0.5, 0.5, 0.5])
 
 
 def test_every_range_checked_key_has_a_failing_case():

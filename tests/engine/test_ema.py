@@ -1,12 +1,16 @@
 """The EMA of the weights: each update against ``decay * ema + (1 - decay) * w`` in float64 (BatchNorm
 buffers averaged too, the batch counter copied), and its checkpoint round trip: saved as ``ema``,
-restored on resume, and the weights a checkpoint gives for the test and export."""
+restored on resume, and the weights a checkpoint gives for the test and export; a checkpoint written
+before the switches kept their own states (the EMA at its top level) still loads."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softpool3d.engine.ema import ModelEma
+from softpool3d.engine.switches import TrainingSwitches
+from softpool3d.engine.switches.ema import EmaSwitch, ModelEma
 from softpool3d.engine.training_state import (
     Progress,
     load_model_state,
@@ -55,18 +59,24 @@ def test_ema_checkpoint_round_trip_restores_it_and_test_and_export_read_it(tmp_p
     model = _model(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
-    ema = ModelEma(model, 0.5)
+    switch = EmaSwitch(model, 0.5)
+    ema = switch.ema
     for step in range(3):
         _perturb_and_run(model, step)
-        ema.update(model)
-    state = training_checkpoint(model, optimizer, scheduler, None, Progress(step=3), 0, {}, ["a"], [rng_state()], ema)
+        switch.after_step(model, updated=True)
+    switches = TrainingSwitches([switch], nn.CrossEntropyLoss(), 0, 0)
+    state = training_checkpoint(model, optimizer, scheduler, None, Progress(step=3), 0, {}, ["a"], [rng_state()],
+                                switches.state_dict(), switches.eval_weights)
+    assert set(state["switches"]) == {"ema"} and state["eval_weights"] == "ema"
     path = save_checkpoint(state, tmp_path / "last.pt")
 
     fresh = _model(1)
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1)
-    fresh_ema = ModelEma(fresh, 0.5)
+    fresh_switch = EmaSwitch(fresh, 0.5)
+    fresh_ema = fresh_switch.ema
     restore_training(load_checkpoint(path), path, fresh, fresh_optimizer,
-                     torch.optim.lr_scheduler.StepLR(fresh_optimizer, step_size=2), None, ema=fresh_ema)
+                     torch.optim.lr_scheduler.StepLR(fresh_optimizer, step_size=2), None,
+                     switches=TrainingSwitches([fresh_switch], nn.CrossEntropyLoss(), 0, 0))
     for a, b in ((fresh.state_dict(), model.state_dict()), (fresh_ema.state_dict(), ema.state_dict())):
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert fresh_ema.updates == 3
@@ -78,9 +88,10 @@ def test_ema_checkpoint_round_trip_restores_it_and_test_and_export_read_it(tmp_p
     checkpoint = load_checkpoint(path)
     tested = _model(2)
     load_model_state(tested, checkpoint, path)  # the test and export: weights="auto" reads the EMA
-    assert all(torch.equal(tested.state_dict()[key], value) for key, value in checkpoint["ema"].items())
+    averaged = checkpoint["switches"]["ema"]["weights"]
+    assert all(torch.equal(tested.state_dict()[key], value) for key, value in averaged.items())
     assert model_weights(checkpoint, "model") is checkpoint["model"]
-    assert not torch.equal(checkpoint["ema"]["0.weight"], checkpoint["model"]["0.weight"])
+    assert not torch.equal(averaged["0.weight"], checkpoint["model"]["0.weight"])
 
 
 def test_a_checkpoint_without_ema_gives_its_model_weights_and_refuses_ema(tmp_path):
@@ -88,7 +99,40 @@ def test_a_checkpoint_without_ema_gives_its_model_weights_and_refuses_ema(tmp_pa
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     state = training_checkpoint(model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2), None,
                                 Progress(), 0, {}, ["a"], [rng_state()])
-    assert state["ema"] is None
+    assert state["switches"] == {} and state["eval_weights"] is None
     assert model_weights(state) is state["model"]
-    with pytest.raises(CheckpointError, match="x.pt holds no EMA weights"):
+    with pytest.raises(CheckpointError, match="x.pt holds no ema weights"):
         model_weights(state, "ema", "x.pt")
+
+
+OLD_LAYOUT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "ema_at_top_level.pt"
+"""A checkpoint written before the switches kept their own states, by ``tools/train.py output_dir=runs name=ema
+data.root=demo data.num_frames=4 data.crop_size=32 data.train_scale=[32,40] data.test_scale=32 data.batch_size=4
+data.num_workers=0 model.width=4 train.device=cpu train.test_after_train=false train.epochs=1
+train.limit_steps_per_epoch=2 train.ema_decay=0.9 train.val_every=100`` on the demo set: r3d_18 of width 4, 2
+steps, its EMA as ``ema`` and ``ema_updates`` at the top level."""
+
+
+def test_a_checkpoint_with_the_ema_at_its_top_level_still_resumes_and_gives_its_ema(caplog):
+    from softpool3d.engine import builders
+    from softpool3d.engine.config import from_container
+
+    checkpoint = load_checkpoint(OLD_LAYOUT)
+    assert "switches" not in checkpoint and checkpoint["ema_updates"] == 2
+    cfg = from_container(checkpoint["config"])
+    tested = builders.build_architecture(cfg, len(checkpoint["classes"]))
+    load_model_state(tested, checkpoint, OLD_LAYOUT)  # the test and export: weights="auto" reads the EMA
+    assert all(torch.equal(tested.state_dict()[key], value) for key, value in checkpoint["ema"].items())
+    assert model_weights(checkpoint, "model") is checkpoint["model"]
+    assert model_weights(checkpoint, "ema") is checkpoint["ema"]
+
+    model = builders.build_architecture(cfg, len(checkpoint["classes"]))
+    optimizer = builders.build_optimizer(model, cfg)
+    scheduler = builders.build_scheduler(optimizer, cfg, 2)
+    switch = EmaSwitch(model, cfg.train.ema_decay)
+    progress = restore_training(checkpoint, OLD_LAYOUT, model, optimizer, scheduler, None,
+                                switches=TrainingSwitches([switch], nn.CrossEntropyLoss(), 0, 0))
+    assert progress.step == 2 and switch.ema.updates == 2
+    assert all(torch.equal(switch.ema.state_dict()[key], value) for key, value in checkpoint["ema"].items())
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in checkpoint["model"].items())
+    assert "holds no EMA" not in caplog.text

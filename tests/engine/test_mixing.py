@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softpool3d.engine.mixing import Mixer, soft_target_cross_entropy
+from softpool3d.engine.switches.mixing import Mixer, soft_target_cross_entropy
 from softpool3d.engine.switches import step_generator
 
 

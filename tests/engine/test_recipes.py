@@ -146,6 +146,8 @@ def test_allowed_names_are_the_registries(monkeypatch):
         assert load_config(None, [f"model.name={name}"]).model.name == name
     registered = models.list_models()
     monkeypatch.setattr(models, "list_models", lambda: [*registered, "new_net"])
+    record = models.model_info("r3d_18")  # a registered model comes with its record (register_model(info))
+    monkeypatch.setattr(models, "model_info", lambda name: record)
     assert load_config(None, ["model.name=new_net"]).model.name == "new_net"
 
 

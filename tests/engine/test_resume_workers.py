@@ -83,14 +83,14 @@ def test_resume_with_every_switch_on_is_bit_identical_including_the_ema(demo_roo
         _run([TOOLS / "train.py", *_small(demo_root, tmp_path / name, "x"), *COMMON, *SWITCHES, *extra],
              expect=-9 if extra else 0)
     killed = _load(tmp_path / "killed" / "x" / "checkpoints" / "last.pt")
-    assert (killed["step"], killed["epoch"], killed["step_in_epoch"], killed["ema_updates"]) == (4, 1, 1, 4)
+    assert (killed["step"], killed["epoch"], killed["step_in_epoch"], killed["switches"]["ema"]["updates"]) == (4, 1, 1, 4)
     _run([TOOLS / "train.py", *_small(demo_root, tmp_path / "killed", "x"), *COMMON, *SWITCHES, "resume=auto"])
     for name in ("straight", "killed"):
         runs[name] = _load(tmp_path / name / "x" / "checkpoints" / "last.pt")
     assert runs["killed"]["step"] == runs["straight"]["step"] == 6
-    for part in ("model", "optimizer", "scheduler", "ema", "ema_updates"):
+    for part in ("model", "optimizer", "scheduler", "switches", "eval_weights"):
         _assert_identical(runs["straight"][part], runs["killed"][part], part)
-    assert not torch.equal(runs["straight"]["ema"]["fc.weight"], runs["straight"]["model"]["fc.weight"])
+    assert not torch.equal(runs["straight"]["switches"]["ema"]["weights"]["fc.weight"], runs["straight"]["model"]["fc.weight"])
     board = EventAccumulator(str(tmp_path / "straight" / "x" / "tensorboard"))
     board.Reload()
     assert {"val/top1", "val_raw/top1"} <= set(board.Tags()["scalars"])  # the EMA's and the raw weights'

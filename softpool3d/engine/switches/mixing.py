@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
+
+from softpool3d.engine.switches.base import SwitchContext, TrainingSwitch
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -89,3 +93,23 @@ class Mixer:
         else:
             clips = clips * lam + partners * (1.0 - lam)
         return clips, targets * lam + targets.flip(0) * (1.0 - lam)
+
+
+class Mixing(TrainingSwitch):
+    """``train.mixup_alpha``, ``train.cutmix_alpha`` and ``train.mix_prob``: each training micro-batch
+    goes through :class:`Mixer`; the run's loss, :class:`SoftTargetCrossEntropy`, takes the mixed targets."""
+
+    name = "mixing"
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.mixer = mixer
+
+    def augment(self, clips: torch.Tensor, targets: torch.Tensor,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mixer(clips, targets, rng)
+
+
+def build(cfg: DictConfig, context: SwitchContext) -> Optional[Mixing]:
+    """On when ``train.mixup_alpha`` or ``train.cutmix_alpha`` > 0."""
+    mixer = Mixer(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.mix_prob, context.num_classes)
+    return Mixing(mixer) if mixer.enabled else None

@@ -10,11 +10,18 @@ the run's number of steps.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import logging
+import os
+from typing import Any, Mapping, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from softpool3d.engine.switches.base import NamedModels, SwitchContext, TrainingSwitch
+
+logger = logging.getLogger(__name__)
 
 
 class ModelEma:
@@ -52,3 +59,37 @@ class ModelEma:
         """Restore :meth:`state_dict` and :attr:`updates` (from a checkpoint)."""
         self.module.load_state_dict(state)
         self.averaged.n_averaged.fill_(updates)
+
+
+class EmaSwitch(TrainingSwitch):
+    """``train.ema_decay``: the :class:`ModelEma` of the run's model, updated after each step that
+    updated the weights; evaluated first (``"ema"``, the weights that count), then the raw weights
+    (``"raw"``); saved under ``switches["ema"]`` as ``{"weights", "updates"}``."""
+
+    name = "ema"
+    gives_weights = True
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.ema = ModelEma(model, decay)
+
+    def after_step(self, model: nn.Module, updated: bool) -> None:
+        if updated:
+            self.ema.update(model)
+
+    def eval_models(self, models: NamedModels, epoch: int, step: int) -> NamedModels:
+        return [("ema", self.ema.module), *(("raw" if name == "model" else name, model) for name, model in models)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.ema.state_dict(), "updates": self.ema.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ema.load_state_dict(state["weights"], state["updates"])
+
+    def missing_state(self, path: Union[str, os.PathLike]) -> None:
+        logger.warning("checkpoint %s holds no EMA (its run had train.ema_decay=0): the EMA starts from the "
+                       "weights at the next step", path)
+
+
+def build(cfg: DictConfig, context: SwitchContext) -> Optional[EmaSwitch]:
+    """On when ``train.ema_decay`` > 0."""
+    return EmaSwitch(context.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None

@@ -13,6 +13,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
+
+from softpool3d.engine.switches.base import SwitchContext, TrainingSwitch
 
 
 def erasing_box(height: int, width: int, rng: np.random.Generator, scale: tuple[float, float] = (0.02, 1 / 3),
@@ -48,3 +51,21 @@ def random_erase(clips: torch.Tensor, probability: float, rng: np.random.Generat
               & ((cols >= left[:, None]) & (cols < (left + box_w)[:, None]))[:, None, :])  # (B, H, W)
     mask = torch.zeros(count, height, width, dtype=torch.bool, device=clips.device).index_put((index,), inside)
     return clips.masked_fill(mask[:, None, None], 0)
+
+
+class RandomErasing(TrainingSwitch):
+    """``data.random_erasing``: :func:`random_erase` on each training micro-batch with this probability a clip."""
+
+    name = "random_erasing"
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+
+    def augment(self, clips: torch.Tensor, targets: torch.Tensor,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return random_erase(clips, self.probability, rng), targets
+
+
+def build(cfg: DictConfig, context: SwitchContext) -> Optional[RandomErasing]:
+    """On when ``data.random_erasing`` > 0."""
+    return RandomErasing(cfg.data.random_erasing) if cfg.data.random_erasing > 0 else None
