@@ -47,7 +47,7 @@ class JpegBatch:
             frames = decode_jpeg(flat, mode=ImageReadMode.RGB)
         out, start = [], 0
         for clip in self.clips:
-            video = torch.stack(frames[start : start + len(clip.jpegs)]).permute(0, 2, 3, 1)
+            video = torch.stack([frame.permute(1, 2, 0) for frame in frames[start : start + len(clip.jpegs)]])
             start += len(clip.jpegs)
             views = [clip.transform(video, _generator(state)) for state in clip.states]
             out.append(views[0] if len(views) == 1 else torch.stack(views))

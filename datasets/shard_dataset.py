@@ -109,7 +109,9 @@ class ShardVideo:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB)
         except RuntimeError as error:
             raise ShardReadError(f"cannot decode the JPEG frames {list(indices)} of {self.path}: {error}") from None
-        return torch.stack(decoded).permute(0, 2, 3, 1)
+        # decode_jpeg's (3, H, W) is a view of an (H, W, 3) buffer: stacking those buffers is one plain copy
+        # (stacking the (3, H, W) views gathers every byte, 9x slower at 182x428)
+        return torch.stack([frame.permute(1, 2, 0) for frame in decoded])
 
 
 class ShardDataset(ClipDataset):

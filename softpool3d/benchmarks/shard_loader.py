@@ -67,23 +67,26 @@ def _folder_bytes(folder: Path) -> int:
                and path.suffix in (".mp4", ".avi", ".mkv", ".webm", ".mov", ".tar", ".npz"))
 
 
-def interleaved_rates(datasets: dict[str, ClipDataset], items: int) -> dict[str, float]:
-    """Clips/s of each dataset over ``items`` training items, the datasets taking turns item by item."""
-    seconds = dict.fromkeys(datasets, 0.0)
+def interleaved_rates(datasets: dict[str, ClipDataset], items: int) -> dict[str, tuple[float, float]]:
+    """``(clips/s of wall time, clips/s of this process's CPU time)`` of each dataset over ``items``
+    training items, the datasets taking turns item by item. CPU time counts only this process's
+    cycles, so on a machine loaded by others it estimates what one idle core would give."""
+    wall, cpu = dict.fromkeys(datasets, 0.0), dict.fromkeys(datasets, 0.0)
     for dataset in datasets.values():  # warm-up: open files and connections, fill caches
         dataset[0]
     for i in range(items):
         for name, dataset in datasets.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             dataset[i % len(dataset)]
-            seconds[name] += time.perf_counter() - started
-    return {name: items / value for name, value in seconds.items()}
+            wall[name] += time.perf_counter() - started
+            cpu[name] += time.process_time() - started_cpu
+    return {name: (items / wall[name], items / cpu[name]) for name in datasets}
 
 
 def compare(videos: list[Path], work: Path, geometry: Geometry, frame_steps: list[int], quality: int, items: int,
-            workers: int) -> tuple[dict[str, float], dict[str, int], float]:
+            workers: int) -> tuple[dict[str, tuple[float, float]], dict[str, int], float]:
     """Prepare ``videos`` as H.264 and as shards (each of ``frame_steps``) at ``geometry.short_side``, then
-    time a training clip from each: ``(clips/s by setting, bytes by form, hours of video)``."""
+    time a training clip from each: ``(clips/s of wall and CPU time by setting, bytes by form, hours of video)``."""
     source = _source_tree(videos, work / "source")
     prepared = work / f"video{geometry.short_side}"
     prepare_videos(source, prepared, short_side=geometry.short_side, workers=workers, progress=False)
@@ -124,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if not videos:
         raise SystemExit("--shards needs --videos-dir with videos in it")
     print(f"{len(videos)} source videos: " + ", ".join(f"{v.name} {OpenVideo(v).info.num_frames} frames" for v in videos))
-    print(f"one process, torch threads 1, decord 1 thread: clips/s per core; {args.items} training clips per setting, "
-          f"settings interleaved; JPEG quality {args.quality}")
+    print(f"one process, torch threads 1, decord 1 thread; clips/s of wall time and of this process's CPU time; "
+          f"{args.items} training clips per setting, settings interleaved; JPEG quality {args.quality}")
     for name in args.geometries:
         geometry = GEOMETRIES[name]
         with tempfile.TemporaryDirectory() as tmp:
@@ -135,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
               f"from short side {list(geometry.train_scale)}; prepared at short side {geometry.short_side}")
         base = rates[f"prepared video ({geometry.short_side})"]
         disk = rates[f"shards k={args.frame_steps[0]}, disk"]
-        print(f"  {'setting':34s} {'clips/s/core':>12s} {'vs prepared':>12s}")
-        for setting, rate in rates.items():
-            note = f"  ({rate / disk:.2f}x disk)" if "HTTP" in setting else ""
-            print(f"  {setting:34s} {rate:12.1f} {rate / base:11.2f}x{note}")
+        print(f"  {'setting':34s} {'clips/s (wall)':>14s} {'vs prepared':>11s} {'clips/s (CPU)':>14s} {'vs prepared':>11s}")
+        for setting, (rate, cpu_rate) in rates.items():
+            note = (f"  HTTP/disk {rate / disk[0]:.2f}x wall, {cpu_rate / disk[1]:.2f}x CPU (server CPU not counted)"
+                    if "HTTP" in setting else "")
+            print(f"  {setting:34s} {rate:14.1f} {rate / base[0]:10.2f}x {cpu_rate:14.1f} {cpu_rate / base[1]:10.2f}x{note}")
         print(f"  {'form':34s} {'GB per hour of video':>20s}")
         for form, size in sizes.items():
             print(f"  {form:34s} {size / hours / 1e9:20.2f}")

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_prepare_resumes_keeps_complete_shards_and_lists_bad_videos(demo_root, t
     shutil.copytree(demo_root, src)
     (src / "Grow" / "v_Grow_g09_c01.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
-    first = subprocess.run(["python", str(TOOLS / "prepare_videos.py"), str(src), str(out), "--format", "shards",
+    first = subprocess.run([sys.executable, str(TOOLS / "prepare_videos.py"), str(src), str(out), "--format", "shards",
                             "--dataset", "ucf101", "--shard-size-mb", "0.1", "--workers", "0"],
                            capture_output=True, text=True)
     assert first.returncode == 1
