@@ -88,6 +88,7 @@ def read_lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_http_stream_predicts_every_window_as_offline_then_ends_cleanly(checkpoint, ts_video, http_server, tmp_path):
     out = tmp_path / "stream.jsonl"
     render = tmp_path / "annotated.mp4"
