@@ -21,13 +21,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from softpool3d.benchmarks.runtime import model_checkpoint
 from softpool3d.datasets import make_demo_dataset, write_video
-from softpool3d.engine import builders
-from softpool3d.engine.checkpoint import save_checkpoint
-from softpool3d.engine.config import load_config, to_container
+from softpool3d.engine.config import load_config
 from softpool3d.engine.export import write_onnx
 from softpool3d.engine.predict import Recognizer
-from softpool3d.engine.training_state import Progress, rng_state, training_checkpoint
 from softpool3d.engine.video_inputs import collect_videos
 from softpool3d.models import build_model, model_info
 
@@ -110,14 +108,7 @@ def inference_table(timings: Sequence[InferenceTiming]) -> str:
 def demo_checkpoint(folder: Path) -> Path:
     """A freshly initialised model of the demo config (classes of the demo set) saved as a checkpoint:
     what ``softpool3d-predict`` reads; its speed does not depend on the weights."""
-    cfg = load_config(None, [f"output_dir={folder}"])
-    classes = [f"class {k}" for k in range(8)]
-    model = builders.build_architecture(cfg, len(classes))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    state = training_checkpoint(model, optimizer, scheduler, None, Progress(), 0, to_container(cfg), classes,
-                                [rng_state()])
-    return save_checkpoint(state, folder / "demo.pt")
+    return model_checkpoint(folder, [])
 
 
 def moving_pattern(frames: int, height: int, width: int) -> np.ndarray:

@@ -6,7 +6,8 @@ in a ring buffer. Windows of ``window`` seconds start every ``stride`` seconds o
 the **latest** complete window, never an older one: windows that completed while it was busy are
 skipped and counted, never queued. So a prediction's latency (from the arrival of its window's last
 frame to the prediction) stays below one stride plus one forward pass however slow the model is,
-instead of growing without bound as a queue would make it.
+while the stream runs, instead of growing without bound as a queue would make it. (The window that
+completes as a file ends has no successor to take its place: it may wait for the pass then running.)
 
 Each window's views are cut by the test path of :class:`~softpool3d.datasets.ClipDataset` (the
 same sampler and transform as ``softpool3d-test`` and offline windows) and run through

@@ -193,14 +193,14 @@ class StreamReader(threading.Thread):
             stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             self.fps = self.fps or (float(rate) if rate else None)
-            first_time, started = None, time.monotonic()
+            first_time, started = None, 0.0
             try:
                 for frame in container.decode(stream):
                     if self._stopping.is_set():
                         return False, "stopped"
                     seconds = frame.time if frame.time is not None else self.frames_decoded / (self.fps or 25.0)
                     if first_time is None:
-                        first_time = seconds
+                        first_time, started = seconds, time.monotonic()
                     stream_time = offset + seconds - first_time
                     if self.paced:
                         delay = started + (seconds - first_time) - time.monotonic()

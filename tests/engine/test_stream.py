@@ -2,7 +2,8 @@
 (played at its frame rate) and a sender process encoding H.264 live to udp://. Window times are
 monotone, each window's top-k is the model's on the same frames decoded offline by PyAV, latency stays
 within one stride plus one forward pass when the model is slower than real time (windows skipped and
-counted, never queued), a stream that ends or stalls is reported, and SIGINT ends with a summary."""
+counted, never queued), a file is played at its frame rate, a stream that ends or stalls is reported, and
+SIGINT ends with a summary."""
 import functools
 import http.server
 import json
@@ -25,9 +26,9 @@ from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.engine import cli
 from softpool3d.engine.predict import Recognizer
 from softpool3d.engine.stream import run_stream
+from softpool3d.engine.stream_reader import StreamReader
 
 CLASSES = list(DEMO_CLASSES)
-SENDER = Path(__file__).parents[1] / "fixtures" / "stream_sender.py"
 FPS = 25
 
 
@@ -87,6 +88,7 @@ def read_lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_http_stream_predicts_every_window_as_offline_then_ends_cleanly(checkpoint, ts_video, http_server, tmp_path):
     out = tmp_path / "stream.jsonl"
     render = tmp_path / "annotated.mp4"
@@ -116,6 +118,24 @@ def test_http_stream_predicts_every_window_as_offline_then_ends_cleanly(checkpoi
         assert sum(1 for _ in container.decode(video=0)) == summary["rendered"] > 0
 
 
+def test_a_file_is_played_at_its_frame_rate(ts_video):
+    """Frame i arrives no sooner than i / 25 s after frame 0 (a lower bound: load only delays frames)."""
+    frames = []
+    reader = StreamReader(str(ts_video), keep_seconds=1.0, on_frame=frames.append)
+    reader.start()
+    reader.join(timeout=60)
+    assert [event.kind for event in iter_events(reader)] == ["opened", "ended"]
+    assert len(frames) == 80 and [f.index for f in frames] == list(range(80))
+    for frame in frames[1:]:
+        assert frame.time == pytest.approx(frame.index / FPS, abs=1e-6)
+        assert frame.arrival - frames[0].arrival >= frame.time - 0.01, frame.index
+
+
+def iter_events(reader):
+    while not reader.events.empty():
+        yield reader.events.get_nowait()
+
+
 class SlowModel(torch.nn.Module):
     """The model with ``seconds`` of sleep before every forward pass: slower than real time."""
 
@@ -140,14 +160,16 @@ def test_udp_stream_slower_model_skips_windows_keeps_latency_bounded_and_reports
     video = tmp_path / "live.mp4"
     write_video(video, moving_frames(150, seed=1), fps=FPS)
     port = free_udp_port()
-    sender = subprocess.Popen([sys.executable, str(SENDER), f"udp://127.0.0.1:{port}?pkt_size=1316", str(video), "0.5"])
     recognizer = Recognizer.from_checkpoint(checkpoint, "cpu")
     recognizer.runner = SlowModel(recognizer.model, 0.5)
+    sender = subprocess.Popen([sys.executable, "-m", "softpool3d.benchmarks.stream_sender",
+                               f"udp://127.0.0.1:{port}?pkt_size=1316", str(video), "0.5"], stdout=subprocess.PIPE, text=True)
+    assert sender.stdout.readline().strip() == "ready"
     out = tmp_path / "udp.jsonl"
     stride = 0.2
     try:
         code = run_stream(str(checkpoint), f"udp://127.0.0.1:{port}", window=0.64, stride=stride, top_k=2,
-                          out=str(out), stall_timeout=1.5, reconnects=0, recognizer=recognizer)
+                          out=str(out), stall_timeout=1.5, reconnects=1, recognizer=recognizer)
     finally:
         sender.wait(timeout=60)
     assert code == 1  # the broadcast stopped: stalled, then lost
