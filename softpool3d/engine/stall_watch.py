@@ -13,6 +13,10 @@ for it::
 
 "waiting for data" starts once a step's all-reduce is done: the optimizer update, logging and
 step callbacks of the step before, then the wait for the next batch.
+Every rank goes through the same phases in the same order, so the count of phase changes measures
+how far a rank got: of the ranks that stopped advancing, those with the lowest count are the cause,
+the others wait for them in a collective (DDP's gradient all-reduce inside the backward pass, the
+step's all-reduce, a checkpoint's gather, a validation's sums).
 A rank whose heartbeat itself stopped (a frozen or dead process) is named as such. The last such
 report is attached to the error that ends the job (:meth:`StallWatch.annotate`).
 """
@@ -35,13 +39,6 @@ CHECKPOINT = "checkpoint"
 VALIDATION = "validation"
 TEST = "test"
 STARTING = "starting"
-
-PHASE_ORDER = {STARTING: -1, WAITING_FOR_DATA: 0, FORWARD_BACKWARD: 1, ALL_REDUCE: 2, CHECKPOINT: 3, VALIDATION: 4,
-               TEST: 5}
-"""Where each phase lies in a step: of the ranks that stopped advancing, those furthest behind
-(lowest ``(step, order)``) are the cause; the others wait for them in a collective (DDP's gradient
-all-reduce inside the backward pass, the step's all-reduce, a checkpoint's gather)."""
-
 
 @dataclass
 class _Seen:
@@ -148,9 +145,8 @@ class StallWatch:
             self.report = report
         return reports
 
-    def _position(self, rank: int) -> tuple[int, int]:
-        _, _, step, phase = self._seen[rank].value
-        return step, PHASE_ORDER.get(phase, 0)
+    def _position(self, rank: int) -> int:
+        return self._seen[rank].value[1]
 
     def _describe(self, rank: int, seen: _Seen, now: float, waiting: list[int]) -> str:
         _, _, step, phase = seen.value
