@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine import amp
 from softpool3d.engine.builders import build_model
 from softpool3d.engine.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
+from softpool3d.engine.processes import amp
 from softpool3d.models import list_models
 
 CONFIGS = sorted(path for path in (Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml")
@@ -81,7 +81,7 @@ BAD_VALUES = {
     "optim.warmup_start_factor": 0.0, "optim.min_lr": -1.0, "train.epochs": 0, "train.limit_steps_per_epoch": -1,
     "train.num_threads": -1, "train.label_smoothing": 2.0, "train.grad_clip": -1.0, "train.accumulate": 0,
     "train.val_every": 0, "train.checkpoint_every_steps": -1, "train.max_consecutive_skips": 0,
-    "train.dist_timeout_s": 0, "train.mixup_alpha": -0.1, "train.cutmix_alpha": -1.0, "train.mix_prob": 1.5,
+    "train.dist_timeout_s": 0, "train.stall_warn_s": -1.0, "train.mixup_alpha": -0.1, "train.cutmix_alpha": -1.0, "train.mix_prob": 1.5,
     "train.ema_decay": 1.0, "train.precise_bn_batches": -1, "data.rand_augment_n": -1, "data.rand_augment_m": 31,
     "data.random_erasing": 1.5,
 }

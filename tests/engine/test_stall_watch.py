@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from softpool3d.engine.loader_failures import explain_loader_failure, loader_failure_advice
-from softpool3d.engine.loaders import dead_worker_signals, run_loader
-from softpool3d.engine.stall_watch import ALL_REDUCE, FORWARD_BACKWARD, WAITING_FOR_DATA, StallWatch
+from softpool3d.engine.processes.loader_failures import explain_loader_failure, loader_failure_advice
+from softpool3d.engine.processes.loaders import dead_worker_signals, run_loader
+from softpool3d.engine.processes.stall_watch import ALL_REDUCE, FORWARD_BACKWARD, WAITING_FOR_DATA, StallWatch
 
 REPO = Path(__file__).resolve().parents[2]
 

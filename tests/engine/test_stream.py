@@ -23,8 +23,8 @@ from softpool3d.datasets import DEMO_CLASSES, write_video
 from softpool3d.datasets import transforms
 from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.engine import cli
-from softpool3d.engine.predict import Recognizer
-from softpool3d.engine.stream import run_stream
+from softpool3d.engine.inference.predict import Recognizer
+from softpool3d.engine.inference.stream import run_stream
 
 CLASSES = list(DEMO_CLASSES)
 SENDER = Path(__file__).parents[1] / "fixtures" / "stream_sender.py"
