@@ -105,7 +105,7 @@ class ClipDataset(Dataset):
     the item's own generator), at most ``max_retries`` times in a row; it is logged once and
     listed by :meth:`skipped_files`. When testing, a view that cannot be decoded is the item
     ``(zeros, UNREADABLE, video_index)`` (so batches still collate) and
-    :func:`softpool3d.engine.evaluate.evaluate` leaves the video out.
+    :func:`softpool3d.engine.evaluation.evaluate.evaluate` leaves the video out.
 
     ``videos`` (:class:`PathList`) and ``labels`` (:class:`LabelList`) index like lists but
     are a few numpy arrays, so forked DataLoader workers share them instead of copying them;

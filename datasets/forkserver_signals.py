@@ -4,7 +4,7 @@ SIGUSR1, and its children start with the default handlers again.
 
 SLURM (``scancel``, ``scontrol requeue``, ``--signal=USR1@90``) and a terminal signal a job's whole
 process group. The process that trains stops after the step in flight and writes a checkpoint
-(:mod:`softpool3d.engine.preemption`), and its DataLoader workers must keep serving it meanwhile:
+(:mod:`softpool3d.engine.processes.preemption`), and its DataLoader workers must keep serving it meanwhile:
 a worker's parent is the fork server, and a worker whose parent died ends at once, failing the
 step. The server itself still ends with the process it serves (its liveness pipe closes). SIGINT
 the server already ignores (``multiprocessing.forkserver``).

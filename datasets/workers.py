@@ -53,7 +53,7 @@ def freeze_inherited_objects(worker_id: int) -> None:
     workers running for good; closing the pipe here lets the server, then the workers, end with it.
 
     SLURM and a terminal send SIGTERM, SIGINT or SIGUSR1 to the whole process group; the main
-    process finishes its step and writes a checkpoint on them (:mod:`softpool3d.engine.preemption`),
+    process finishes its step and writes a checkpoint on them (:mod:`softpool3d.engine.processes.preemption`),
     which it cannot do if its workers died of the same signal. A worker still ends when its loader
     shuts down or its main process is gone. ``worker_id`` is unused.
     """

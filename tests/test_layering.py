@@ -1,5 +1,6 @@
 """The package layers, drawn from the imports of every module: tools -> benchmarks -> engine ->
-models, datasets -> op, and nothing pointing back up.
+models, datasets -> op, and nothing pointing back up. Inside the engine, its rooms: training and
+inference -> evaluation -> processes (the engine's top-level modules, its door, are open to every room).
 
 Each module's ``import`` statements (top level and inside functions) are read with ``ast``, so a
 layer cannot hide an upward import behind a lazy import.
@@ -25,6 +26,32 @@ ALLOWED = {
     "engine": {"op", "models", "datasets", "engine"},
     "benchmarks": {"op", "models", "datasets", "engine", "benchmarks"},
 }
+
+
+ROOMS = {
+    "processes": {"processes"},
+    "evaluation": {"evaluation", "processes"},
+    "inference": {"inference", "evaluation", "processes"},
+    "training": {"training", "evaluation", "processes"},
+}
+"""Which rooms of ``softpool3d.engine`` the modules of each room may import."""
+
+
+def room_of(module: str) -> str | None:
+    """The engine room (``softpool3d.engine.<room>....``) of ``module``, or ``None`` outside the rooms."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["softpool3d", "engine"] and len(parts) > 2 and parts[2] in ROOMS else None
+
+
+def room_problems(module: str, path: Path) -> list[str]:
+    """``path:line: module (room) imports target (room)`` for every import of another engine room that
+    ``module``'s room may not make."""
+    room = room_of(module)
+    if room is None:
+        return []
+    return [f"{path}:{line}: {module} ({room}) imports {target} ({room_of(target)})"
+            for line, target in imports_of(module, path)
+            if room_of(target) is not None and room_of(target) not in ROOMS[room]]
 
 
 def layer_of(module: str) -> str | None:
@@ -90,13 +117,32 @@ def upward_imports(module: str, path: Path) -> list[str]:
 
 def test_every_module_sits_in_a_layer():
     modules = project_modules()
-    assert {"softpool3d", "softpool3d.ops", "softpool3d.engine.train", "softpool3d.models.registry",
+    assert {"softpool3d", "softpool3d.ops", "softpool3d.engine.training.train", "softpool3d.models.registry",
             "softpool3d.datasets.clip_dataset"} <= set(modules)
     assert {layer_of(module) for module in modules} == set(ALLOWED)
 
 
 def test_no_import_points_up():
     assert [problem for module, path in project_modules().items() for problem in upward_imports(module, path)] == []
+
+
+def test_engine_rooms_import_only_the_rooms_below_them():
+    modules = project_modules()
+    assert {room_of(module) for module in modules} == {None, *ROOMS}
+    assert [problem for module, path in modules.items() for problem in room_problems(module, path)] == []
+
+
+@pytest.mark.parametrize("module, source, target", [
+    ("softpool3d.engine.processes.loaders", "from softpool3d.engine.training.train import train\n", "training"),
+    ("softpool3d.engine.evaluation.evaluate", "def f():\n    from softpool3d.engine.inference import predict\n",
+     "inference"),
+    ("softpool3d.engine.inference.predict", "from softpool3d.engine.training.switches import ema\n", "training"),
+])
+def test_an_import_of_a_room_above_is_caught(tmp_path, module, source, target):
+    path = tmp_path / "module.py"
+    path.write_text("from softpool3d.engine import builders\nfrom softpool3d.engine.processes import amp\n" + source)
+    problems = room_problems(module, path)
+    assert len(problems) == 1 and problems[0].endswith(f"({target})"), problems
 
 
 def tool_imports_problems(path: Path) -> list[str]:
@@ -153,7 +199,7 @@ def test_a_tool_importing_another_tool_or_library_is_caught(tmp_path, source, ta
 def test_an_upward_import_is_caught(tmp_path, layer, source, target, line):
     """The check fails for each kind of upward import, at the line that makes it."""
     module = {"op": "softpool3d.ops", "models": "softpool3d.models.pooling",
-              "datasets": "softpool3d.datasets.sampling", "engine": "softpool3d.engine.train"}[layer]
+              "datasets": "softpool3d.datasets.sampling", "engine": "softpool3d.engine.training.train"}[layer]
     path = tmp_path / "module.py"
     path.write_text("import torch\n" + source)
     problems = upward_imports(module, path)

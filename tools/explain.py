@@ -1,5 +1,5 @@
 """Grad-CAM heat maps and SoftPool pictures of a checkpoint on videos (``--help`` for options); the logic is
-:mod:`softpool3d.engine.explain` and :mod:`softpool3d.engine.explain_command`.
+:mod:`softpool3d.engine.inference.explain` and :mod:`softpool3d.engine.inference.explain_command`.
 
     python tools/explain.py CHECKPOINT VIDEO... --out DIR [--class NAME] [--pool-layer NAME]
 """

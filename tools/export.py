@@ -1,5 +1,5 @@
 """Export a checkpoint's model to ONNX or a torch.export program, checked against PyTorch (``--help``
-for options); the logic is :mod:`softpool3d.engine.export`.
+for options); the logic is :mod:`softpool3d.engine.inference.export`.
 
     python tools/export.py CHECKPOINT --format onnx --out model.onnx
 """

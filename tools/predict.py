@@ -1,5 +1,5 @@
 """Predict the action classes of videos with a checkpoint (``--help`` for options); the logic is
-:mod:`softpool3d.engine.predict_command`.
+:mod:`softpool3d.engine.inference.predict_command`.
 
     python tools/predict.py CHECKPOINT INPUT... [--top-k 5] [--window 2 --stride 1] [--out preds.json]
 """

@@ -4,7 +4,7 @@ recipe's clip shape, and ``softpool3d-predict``'s videos/s on the demo set and o
 The three backends run the same weights on the same input; after warm-up (which for
 ``torch.compile`` includes compiling), they are timed in interleaved rounds (eager, compiled,
 onnxruntime, eager, ...) so that a change in machine load hits all of them alike, and each
-reports ``batch / median seconds``. onnxruntime runs the file :func:`softpool3d.engine.export.write_onnx`
+reports ``batch / median seconds``. onnxruntime runs the file :func:`softpool3d.engine.inference.export.write_onnx`
 writes (SoftPool in standard ops).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 from softpool3d.benchmarks.runtime import model_checkpoint
 from softpool3d.datasets import make_demo_dataset, write_video
 from softpool3d.engine.config import load_config
-from softpool3d.engine.export import write_onnx
-from softpool3d.engine.predict import Recognizer
-from softpool3d.engine.video_inputs import collect_videos
+from softpool3d.engine.inference.export import write_onnx
+from softpool3d.engine.inference.predict import Recognizer
+from softpool3d.engine.inference.video_inputs import collect_videos
 from softpool3d.models import build_model, model_info
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import torch
 from softpool3d.datasets import make_demo_dataset
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import save_checkpoint
-from softpool3d.engine.training_state import Progress, rng_state, training_checkpoint
 from softpool3d.engine.config import load_config, to_container
-from softpool3d.engine.predict import Recognizer, collect_videos
+from softpool3d.engine.inference.predict import Recognizer, collect_videos
+from softpool3d.engine.training_state import Progress, rng_state, training_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from softpool3d.benchmarks.inference import moving_pattern
 from softpool3d.benchmarks.runtime import model_checkpoint
 from softpool3d.datasets import write_video
-from softpool3d.engine.stream import run_stream
+from softpool3d.engine.inference.stream import run_stream
 
 
 def _free_udp_port() -> int:

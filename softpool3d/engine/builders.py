@@ -1,7 +1,7 @@
 """The one place that maps a run config to objects: datasets, the model, the normalizer, and for
 training the optimizer, schedule, samplers, loaders, switches and the loop's settings.
 
-Everything past this module receives objects: the trainer (:mod:`softpool3d.engine.train`) is
+Everything past this module receives objects: the trainer (:mod:`softpool3d.engine.training.train`) is
 handed :class:`TrainingParts` and :class:`LoopSettings` and reads no config key.
 """
 from __future__ import annotations
@@ -18,24 +18,24 @@ from torch.utils.data import DataLoader
 
 from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
 from softpool3d.datasets import build_dataset as build_clip_dataset
-from softpool3d.engine import backends
-from softpool3d.engine.amp import resolve_amp
+from softpool3d.datasets import build_shard_dataset
 from softpool3d.engine.checkpoint import has_digest, load_checkpoint
 from softpool3d.engine.config import ConfigError, run_dir, save_config, to_container
-from softpool3d.engine.distributed import DistInfo, barrier
-from softpool3d.engine.evaluate import evaluation_loader
+from softpool3d.engine.evaluation.evaluate import evaluation_loader
 from softpool3d.engine.inputs import ClipNormalizer
-from softpool3d.engine.loaders import EpochIndexed, run_loader
-from softpool3d.engine.nonfinite import NonFiniteGuard
-from softpool3d.engine.optim import build_optimizer as optimizer_of
+from softpool3d.engine.processes import backends
+from softpool3d.engine.processes.amp import resolve_amp
+from softpool3d.engine.processes.distributed import DistInfo, barrier
+from softpool3d.engine.processes.loaders import EpochIndexed, run_loader
+from softpool3d.engine.processes.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.run_layout import RunLayout
-from softpool3d.engine.optim import build_scheduler as schedule_of
-from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
 from softpool3d.engine.splits import split_label
-from softpool3d.engine.switches import SwitchContext, TrainingSwitches, build_switches
-from softpool3d.engine.switches.mixing import SoftTargetCrossEntropy
+from softpool3d.engine.training.nonfinite import NonFiniteGuard
+from softpool3d.engine.training.optim import build_optimizer as optimizer_of
+from softpool3d.engine.training.optim import build_scheduler as schedule_of
+from softpool3d.engine.training.switches import SwitchContext, TrainingSwitches, build_switches
+from softpool3d.engine.training.switches.mixing import SoftTargetCrossEntropy
 from softpool3d.engine.training_state import model_weights
-from softpool3d.datasets import build_shard_dataset
 from softpool3d.models import build_model as build_network
 from softpool3d.models import freeze_stages, load_pretrained
 

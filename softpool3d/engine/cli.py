@@ -7,7 +7,7 @@ command's job), so ``--help`` answers at once. A user error (a bad config value,
 damaged checkpoint, bad data, ...: the types of :func:`user_errors`) ends the command with one ``ERROR`` line naming the file, key or value and
 exit code 2. ``--debug`` or ``SOFTPOOL3D_DEBUG=1`` shows the traceback instead. A training job
 stopped by SIGTERM, SIGINT or SIGUSR1 after writing its checkpoint exits with 75
-(:data:`softpool3d.engine.preemption.PREEMPTED_EXIT_CODE`); rank 0 then also writes the file
+(:data:`softpool3d.engine.processes.preemption.PREEMPTED_EXIT_CODE`); rank 0 then also writes the file
 ``SOFTPOOL3D_PREEMPTED_FILE`` names, if set (torchrun turns its workers' 75 into its own 1).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from softpool3d.datasets import AnnotationError
     from softpool3d.engine.checkpoint import CheckpointError
     from softpool3d.engine.config import ConfigError
-    from softpool3d.engine.evaluate import UnreadableVideosError
-    from softpool3d.engine.nonfinite import NonFiniteLossError
-    from softpool3d.engine.run_lock import RunDirError
+    from softpool3d.engine.evaluation.evaluate import UnreadableVideosError
+    from softpool3d.engine.training.nonfinite import NonFiniteLossError
+    from softpool3d.engine.processes.run_lock import RunDirError
 
     return (
         ConfigError,  # a config value out of range, an unknown name, a missing path, no CUDA device
@@ -54,8 +54,8 @@ def setup_logging(debug: bool = False, stream=None) -> None:
     the other ranks.
 
     A task of ``srun`` (no torchrun) first takes its rank and peers from SLURM's variables
-    (:func:`~softpool3d.engine.slurm_env.adopt_slurm_task_environment`)."""
-    from softpool3d.engine.slurm_env import adopt_slurm_task_environment
+    (:func:`~softpool3d.engine.processes.slurm_env.adopt_slurm_task_environment`)."""
+    from softpool3d.engine.processes.slurm_env import adopt_slurm_task_environment
 
     adopt_slurm_task_environment()
     rank = int(os.environ.get("RANK", "0"))
@@ -103,9 +103,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def job() -> int:
         from softpool3d.engine.config import check_runnable, load_config
-        from softpool3d.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+        from softpool3d.engine.processes.preemption import PREEMPTED_EXIT_CODE, Preempted
         from softpool3d.engine.splits import split_label
-        from softpool3d.engine.train import train
+        from softpool3d.engine.training.train import train
 
         cfg = load_config(args.config, args.overrides)
         check_runnable(cfg)
@@ -149,7 +149,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.test_command import run_test
+        from softpool3d.engine.evaluation.test_command import run_test
 
         run_test(args.checkpoint, args.overrides, args.out)
         return 0
@@ -207,13 +207,13 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     def job() -> int:
         device = "cpu" if args.runtime == "onnx" and args.device is None else args.device
         if args.stream:
-            from softpool3d.engine.stream import run_stream
+            from softpool3d.engine.inference.stream import run_stream
 
             return run_stream(args.checkpoint, args.stream, window=args.window or 2.0, stride=args.stride or 1.0,
                               top_k=args.top_k, num_clips=args.clips, num_crops=args.crops, out=args.out,
                               render_path=args.render, stall_timeout=args.stall_timeout, reconnects=args.reconnect,
                               device=device, runtime=args.runtime, onnx=args.onnx)
-        from softpool3d.engine.predict_command import run_predict
+        from softpool3d.engine.inference.predict_command import run_predict
 
         return run_predict(args.checkpoint, args.inputs, top_k=args.top_k, num_clips=args.clips,
                            num_crops=args.crops, window=args.window, stride=args.stride, out=args.out,
@@ -242,7 +242,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.export import run_export
+        from softpool3d.engine.inference.export import run_export
 
         return run_export(args.checkpoint, args.format, args.out, args.device, dynamic=args.dynamic)
 
@@ -272,7 +272,7 @@ def explain_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(debug)
 
     def job() -> int:
-        from softpool3d.engine.explain_command import run_explain
+        from softpool3d.engine.inference.explain_command import run_explain
 
         return run_explain(args.checkpoint, args.inputs, args.out, top_k=args.top_k, class_name=args.class_name,
                            pool_layer=args.pool_layer, device=args.device)

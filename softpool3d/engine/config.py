@@ -6,7 +6,7 @@ name raises :class:`ConfigError` naming the key, the value and the file (or the 
 any data or model is built. A recipe names its bases in a ``defaults:`` list of paths relative to
 itself; they are merged in order, bases of bases first, and the file's own keys last (see
 :func:`config_layers`). Model, pool, dataset and optimizer names are checked against the
-registries of ``softpool3d.models``, ``softpool3d.datasets`` and ``softpool3d.engine.optim``.
+registries of ``softpool3d.models``, ``softpool3d.datasets`` and ``softpool3d.engine.training.optim``.
 ``check_runnable`` adds the checks that depend on this machine (paths that must exist, a CUDA
 device). ``save_config`` writes the resolved config into the run directory.
 """
@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import softpool3d
 from softpool3d import datasets, models
-from softpool3d.engine.optim import OPTIMIZERS
+from softpool3d.engine.training.optim import OPTIMIZERS
+import softpool3d
 
 
 def _config_dir() -> Path:
@@ -63,9 +63,9 @@ class DataConfig:
     magnitude ``rand_augment_m`` (0-30, torchvision's scale) drawn once per clip and applied to
     every frame alike (:mod:`softpool3d.datasets.rand_augment`); ``random_erasing``: the
     probability that a training clip gets one box erased through all its frames
-    (:mod:`softpool3d.engine.switches.erasing`). ``sampler``: ``uniform`` (each training video once an
+    (:mod:`softpool3d.engine.training.switches.erasing`). ``sampler``: ``uniform`` (each training video once an
     epoch) or ``class_balanced`` (videos drawn with replacement, each class equally often;
-    :mod:`softpool3d.engine.sampler`).
+    :mod:`softpool3d.engine.processes.sampler`).
     ``num_frames``, ``crop_size``, ``mean`` and ``std`` left unset (null) are the model's own
     (:func:`softpool3d.models.model_info`: its clip size ``(T, H, W)`` and the normalisation its
     weights expect), as timm's ``resolve_data_config`` does; a recipe states them only to differ.
@@ -140,16 +140,16 @@ class TrainConfig:
     gradient is NaN/inf. ``limit_steps_per_epoch``: cap on steps per epoch (0: whole epoch).
     ``deterministic``: ``torch.use_deterministic_algorithms``, cuDNN autotuning off and
     ``CUBLAS_WORKSPACE_CONFIG`` set; on CUDA it refuses ``model.pool=avg`` models with a windowed
-    ``nn.AvgPool3d`` (no deterministic CUDA backward; :mod:`softpool3d.engine.backends`); without it
+    ``nn.AvgPool3d`` (no deterministic CUDA backward; :mod:`softpool3d.engine.processes.backends`); without it
     ``cudnn.benchmark`` is on. ``channels_last``: model and clips in ``torch.channels_last_3d``.
     ``device``: auto (CUDA when there is a GPU) | cpu | cuda. ``num_threads``: CPU threads of
     each process (0: torch's default; torchrun sets 1). ``max_consecutive_skips``: with
     ``nonfinite=skip``, this many non-finite steps in a row stop the run. ``dist_timeout_s``: how
     long a collective waits for a peer before failing (under torchrun). ``stall_warn_s``: every
     rank logs a rank whose phase (waiting for data, forward and backward, all-reduce, checkpoint,
-    validation) has not changed for this long, naming it (0: off; :mod:`softpool3d.engine.stall_watch`).
+    validation) has not changed for this long, naming it (0: off; :mod:`softpool3d.engine.processes.stall_watch`).
 
-    Switches for small sets (all off by default; see :mod:`softpool3d.engine.switches`):
+    Switches for small sets (all off by default; see :mod:`softpool3d.engine.training.switches`):
     ``mixup_alpha`` / ``cutmix_alpha``: Beta(alpha, alpha) mixing of a batch with its reverse
     and soft-target cross-entropy (0: off; both on: one of the two per batch, evenly), applied
     to a batch with probability ``mix_prob``. ``ema_decay``: keep an exponential moving average
@@ -186,7 +186,7 @@ class TrainConfig:
 @dataclass
 class DebugConfig:
     """Fault injection and consistency checks used by the tests, installed as step callbacks
-    (:func:`softpool3d.engine.callbacks.debug_callbacks`).
+    (:func:`softpool3d.engine.training.callbacks.debug_callbacks`).
 
     ``kill_at_step``: after that optimizer step, SIGKILL rank ``kill_rank`` (-1: every rank); only
     on a job's first attempt, not after a torchrun restart. ``signal_at_step``: after that step,

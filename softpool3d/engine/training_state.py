@@ -82,7 +82,7 @@ def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, sche
                         eval_weights: Optional[str] = None) -> dict[str, Any]:
     """The checkpoint of a training run (see the module docstring), ready for :func:`save_checkpoint`;
     ``rng`` holds one :func:`rng_state` per rank, ``config`` is the plain-dict config, ``switches``
-    the switches' states by name (:meth:`~softpool3d.engine.switches.TrainingSwitches.state_dict`) and
+    the switches' states by name (:meth:`~softpool3d.engine.training.switches.TrainingSwitches.state_dict`) and
     ``eval_weights`` the switch whose ``weights`` are the evaluation's (None: the model's)."""
     return {
         "model": model.state_dict(),
@@ -116,7 +116,7 @@ def switch_states(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], Option
 
 
 class SwitchStates(Protocol):
-    """What :func:`restore_training` gives the switches' states to (:class:`~softpool3d.engine.switches.TrainingSwitches`)."""
+    """What :func:`restore_training` gives the switches' states to (:class:`~softpool3d.engine.training.switches.TrainingSwitches`)."""
 
     def load_state_dict(self, states: Mapping[str, Any], path: Union[str, os.PathLike]) -> None: ...
 

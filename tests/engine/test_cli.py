@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine import amp, cli
+from softpool3d.engine import cli
+from softpool3d.engine.processes import amp
 
 REPO = Path(__file__).resolve().parents[2]
 

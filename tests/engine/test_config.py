@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine import amp
 from softpool3d.engine.builders import build_model
 from softpool3d.engine.config import _RANGES, DEFAULT_CONFIG, ConfigError, load_config, save_config
+from softpool3d.engine.processes import amp
 from softpool3d.models import list_models
 
 CONFIGS = sorted(path for path in (Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml")

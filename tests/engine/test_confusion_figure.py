@@ -3,7 +3,7 @@ sub-matrix for many classes."""
 import numpy as np
 import torch
 
-from softpool3d.engine.confusion_figure import MAX_LABELLED, confusion_figure, most_confused
+from softpool3d.engine.training.confusion_figure import MAX_LABELLED, confusion_figure, most_confused
 
 
 def test_most_confused_classes_are_those_with_the_most_off_diagonal_counts():

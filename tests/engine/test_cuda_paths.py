@@ -9,14 +9,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
-from softpool3d.engine import amp, backends
-from softpool3d.engine import train as train_module
 from softpool3d.engine.config import ConfigError, load_config
-from softpool3d.engine.distributed import init_distributed
-from softpool3d.engine.loaders import EpochIndexed, run_loader
-from softpool3d.engine.sampler import ResumableDistributedSampler
-from softpool3d.engine.step_stats import gradient_norm, reduce_step
-from softpool3d.engine.trained_model import evaluation_config
+from softpool3d.engine.evaluation.trained_model import evaluation_config
+from softpool3d.engine.processes import amp, backends
+from softpool3d.engine.processes.distributed import init_distributed
+from softpool3d.engine.processes.loaders import EpochIndexed, run_loader
+from softpool3d.engine.processes.sampler import ResumableDistributedSampler
+from softpool3d.engine.training import train as train_module
+from softpool3d.engine.training.step_stats import gradient_norm, reduce_step
 from softpool3d.engine.training_state import Progress, restore_training, rng_state, set_rng_state, training_checkpoint
 from softpool3d.models import build_model
 

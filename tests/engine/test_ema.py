@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softpool3d.engine.switches import TrainingSwitches
-from softpool3d.engine.switches.ema import EmaSwitch, ModelEma
+from softpool3d.engine.training.switches import TrainingSwitches
+from softpool3d.engine.training.switches.ema import EmaSwitch, ModelEma
 from softpool3d.engine.training_state import (
     Progress,
     load_model_state,

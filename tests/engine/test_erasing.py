@@ -3,7 +3,7 @@ of an area in torchvision's range; probability 0 erases nothing."""
 import numpy as np
 import torch
 
-from softpool3d.engine.switches.erasing import random_erase
+from softpool3d.engine.training.switches.erasing import random_erase
 
 
 def test_each_erased_clip_has_one_zero_box_through_all_frames_and_channels():

@@ -10,12 +10,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from softpool3d.datasets import build_dataset, worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
-from softpool3d.engine.distributed import DistInfo
-from softpool3d.engine.evaluate import UnreadableVideosError, evaluate
+from softpool3d.engine.evaluation.evaluate import UnreadableVideosError, evaluate
+from softpool3d.engine.evaluation.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes
+from softpool3d.engine.evaluation.testing import write_predictions
 from softpool3d.engine.inputs import ClipNormalizer
-from softpool3d.engine.metrics import confusion_matrix, per_class_accuracy, per_class_rows, topk_correct, worst_classes
-from softpool3d.engine.sampler import ShardSampler
-from softpool3d.engine.testing import write_predictions
+from softpool3d.engine.processes.distributed import DistInfo
+from softpool3d.engine.processes.sampler import ShardSampler
 
 
 class Views(Dataset):

@@ -16,9 +16,9 @@ from softpool3d import soft_pool3d
 from softpool3d.datasets import DEMO_CLASSES, write_video
 from softpool3d.engine import cli
 from softpool3d.engine.config import load_config
-from softpool3d.engine.explain import cam_mass_inside, grad_cam, pool_weights
-from softpool3d.engine.explain_command import explain_clip
-from softpool3d.engine.predict import Recognizer
+from softpool3d.engine.inference.explain import cam_mass_inside, grad_cam, pool_weights
+from softpool3d.engine.inference.explain_command import explain_clip
+from softpool3d.engine.inference.predict import Recognizer
 from softpool3d.models import build_model
 from softpool3d.models.pooling import GlobalPool3d
 

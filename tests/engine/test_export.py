@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from softpool3d.engine import cli, export
-from softpool3d.engine.export import check_pt2, example_clips
-from softpool3d.engine.predict import Recognizer
+from softpool3d.engine import cli
+from softpool3d.engine.inference import export
+from softpool3d.engine.inference.export import check_pt2, example_clips
+from softpool3d.engine.inference.predict import Recognizer
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

@@ -6,7 +6,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from softpool3d.datasets import build_dataset
-from softpool3d.engine.evaluate import forward_views
+from softpool3d.engine.evaluation.evaluate import forward_views
 from softpool3d.engine.inputs import ClipNormalizer, model_inputs
 
 CLIP = dict(num_frames=4, sampling_rate=2, crop_size=48, train_scale=(48, 56), test_scale=48)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softpool3d.engine.switches.mixing import Mixer, soft_target_cross_entropy
-from softpool3d.engine.switches import step_generator
+from softpool3d.engine.training.switches import step_generator
+from softpool3d.engine.training.switches.mixing import Mixer, soft_target_cross_entropy
 
 
 def _reference_loss(logits, targets, smoothing):

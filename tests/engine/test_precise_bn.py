@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from softpool3d.engine.switches.precise_bn import recompute_bn_stats
+from softpool3d.engine.training.switches.precise_bn import recompute_bn_stats
 from softpool3d.models.weights import FrozenBatchNorm3d
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from softpool3d.datasets import DEMO_CLASSES, write_video
-from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.datasets import transforms
+from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.engine import cli
-from softpool3d.engine.predict import Recognizer
-from softpool3d.engine.video_inputs import collect_videos
-from softpool3d.engine.windows import window_spans
+from softpool3d.engine.inference.predict import Recognizer
+from softpool3d.engine.inference.video_inputs import collect_videos
+from softpool3d.engine.inference.windows import window_spans
 
 CLASSES = list(DEMO_CLASSES)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine.preemption import PREEMPTED_EXIT_CODE
+from softpool3d.engine.processes.preemption import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "train.py"

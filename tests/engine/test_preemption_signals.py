@@ -6,8 +6,8 @@ import signal
 import pytest
 import torch
 
-from softpool3d.engine.preemption import PREEMPTION_SIGNALS, PreemptionWatch
-from softpool3d.engine.step_stats import reduce_step
+from softpool3d.engine.processes.preemption import PREEMPTION_SIGNALS, PreemptionWatch
+from softpool3d.engine.training.step_stats import reduce_step
 
 
 @pytest.mark.parametrize("number", PREEMPTION_SIGNALS, ids=lambda number: signal.Signals(number).name)

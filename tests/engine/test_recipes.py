@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from softpool3d import datasets, models
 from softpool3d.engine.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, config_layers, find_config, load_config
-from softpool3d.engine.optim import OPTIMIZERS
+from softpool3d.engine.training.optim import OPTIMIZERS
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "fixtures" / "resolved_configs"

@@ -15,7 +15,7 @@ from test_engine_distributed import TOOLS, _run, _small
 from softpool3d.datasets import load_annotations
 from softpool3d.engine import builders
 from softpool3d.engine.config import load_config
-from softpool3d.engine.train import flatten_repeats, train
+from softpool3d.engine.training.train import flatten_repeats, train
 
 # 24 training videos (32 minus the carved val), batch 4: 4 steps per epoch (limited), a checkpoint every 2 steps, killed at
 # step 7 (epoch 2, after its mid-epoch checkpoint at step 6).

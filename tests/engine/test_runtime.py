@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from softpool3d.datasets import DEMO_CLASSES
-from softpool3d.engine import cli, export
-from softpool3d.engine.predict import Recognizer, collect_videos
-from softpool3d.engine.runtime import OnnxModel, onnx_cache_dir
+from softpool3d.engine import cli
+from softpool3d.engine.inference import export
+from softpool3d.engine.inference.predict import Recognizer, collect_videos
+from softpool3d.engine.inference.runtime import OnnxModel, onnx_cache_dir
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

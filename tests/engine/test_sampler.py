@@ -4,7 +4,7 @@ keeps DistributedSampler's order."""
 import torch
 from torch.utils.data import DistributedSampler
 
-from softpool3d.engine.sampler import ClassBalancedSampler, ResumableDistributedSampler
+from softpool3d.engine.processes.sampler import ClassBalancedSampler, ResumableDistributedSampler
 
 LABELS = [0] * 600 + [1] * 300 + [2] * 90 + [3] * 10  # 1000 videos, 60:30:9:1
 

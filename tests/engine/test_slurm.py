@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softpool3d.engine.slurm_env import expand_nodelist, slurm_task_environment
+from softpool3d.engine.processes.slurm_env import expand_nodelist, slurm_task_environment
 from slurm_cluster import SlurmUnavailable, start_cluster
 
 REPO = Path(__file__).resolve().parents[2]

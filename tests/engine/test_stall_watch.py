@@ -1,5 +1,5 @@
-"""A stalled rank names itself (engine/stall_watch.py) and a DataLoader worker killed by the
-machine's limits gets a cause and a remedy (engine/loader_failures.py): the watch's bookkeeping on
+"""A stalled rank names itself (engine/processes/stall_watch.py) and a DataLoader worker killed by the
+machine's limits gets a cause and a remedy (engine/processes/loader_failures.py): the watch's bookkeeping on
 made-up heartbeats, torch's own error for a SIGKILLed worker, and a torchrun job whose rank 1 sleeps
 before fetching its data, read from rank 0's log."""
 import logging
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from softpool3d.engine.loader_failures import explain_loader_failure, loader_failure_advice
-from softpool3d.engine.loaders import dead_worker_signals, run_loader
-from softpool3d.engine.stall_watch import ALL_REDUCE, FORWARD_BACKWARD, WAITING_FOR_DATA, StallWatch
+from softpool3d.engine.processes.loader_failures import explain_loader_failure, loader_failure_advice
+from softpool3d.engine.processes.loaders import dead_worker_signals, run_loader
+from softpool3d.engine.processes.stall_watch import ALL_REDUCE, FORWARD_BACKWARD, WAITING_FOR_DATA, StallWatch
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,9 +24,9 @@ from softpool3d.datasets import DEMO_CLASSES, write_video
 from softpool3d.datasets import transforms
 from softpool3d.datasets.sampling import uniform_clips
 from softpool3d.engine import cli
-from softpool3d.engine.predict import Recognizer
-from softpool3d.engine.stream import run_stream
-from softpool3d.engine.stream_reader import StreamReader
+from softpool3d.engine.inference.predict import Recognizer
+from softpool3d.engine.inference.stream import run_stream
+from softpool3d.engine.inference.stream_reader import StreamReader
 
 CLASSES = list(DEMO_CLASSES)
 FPS = 25

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from softpool3d.engine.config import load_config
-from softpool3d.engine.distributed import DistInfo
-from softpool3d.engine.summary import log_startup_summary
+from softpool3d.engine.processes.distributed import DistInfo
+from softpool3d.engine.training.summary import log_startup_summary
 from softpool3d.models import build_model
 
 

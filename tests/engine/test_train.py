@@ -13,14 +13,15 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from softpool3d.engine import builders, cli, train as train_module
-from softpool3d.engine.callbacks import parameter_digest
+from softpool3d.engine import builders, cli
 from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softpool3d.engine.config import load_config
-from softpool3d.engine.nonfinite import NonFiniteGuard
-from softpool3d.engine.optim import param_groups, warmup_cosine
-from softpool3d.engine.run_lock import RunDirError, RunLock, claim_run_dir
-from softpool3d.engine.train import NonFiniteLossError, seed_everything, train
+from softpool3d.engine.processes.run_lock import RunDirError, RunLock, claim_run_dir
+from softpool3d.engine.training import train as train_module
+from softpool3d.engine.training.callbacks import parameter_digest
+from softpool3d.engine.training.nonfinite import NonFiniteGuard
+from softpool3d.engine.training.optim import param_groups, warmup_cosine
+from softpool3d.engine.training.train import NonFiniteLossError, seed_everything, train
 
 
 class SyntheticClips(Dataset):

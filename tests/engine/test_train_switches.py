@@ -15,8 +15,8 @@ from softpool3d.datasets.transforms import TrainTransform
 from softpool3d.engine import builders
 from softpool3d.engine.checkpoint import load_checkpoint
 from softpool3d.engine.config import load_config
-from softpool3d.engine.switches.mixing import SoftTargetCrossEntropy
-from softpool3d.engine.train import train
+from softpool3d.engine.training.switches.mixing import SoftTargetCrossEntropy
+from softpool3d.engine.training.train import train
 
 CLASSES = ["dark", "mid", "bright"]
 

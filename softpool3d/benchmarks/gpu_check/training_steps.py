@@ -101,8 +101,8 @@ def step_loader(context: Context) -> dict:
     import torch
 
     from softpool3d.datasets import Annotations, ClipDataset, OpenVideo
-    from softpool3d.engine.sampler import ResumableDistributedSampler
-    from softpool3d.engine.loaders import EpochIndexed, run_loader
+    from softpool3d.engine.processes.sampler import ResumableDistributedSampler
+    from softpool3d.engine.processes.loaders import EpochIndexed, run_loader
 
     videos = sorted(context.videos.rglob("*.mp4"))
     if not videos:
