@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from softpool3d.engine.processes.preemption import PREEMPTED_EXIT_CODE
 from softpool3d.engine.processes.slurm_env import expand_nodelist, slurm_task_environment
 from slurm_cluster import SlurmUnavailable, start_cluster
 
@@ -113,7 +114,7 @@ def test_scontrol_requeue_of_a_running_job_resumes_it_to_the_same_weights(slurm,
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", f"{job}\n{log[-3000:]}"
     stopped = re.findall(r"stopped on SIGTERM after step (\d+); ", log)
     assert len(stopped) == 2 and stopped[0] == stopped[1], log[-3000:]  # both ranks, after the same step
-    assert "task 0: Exited with exit code 75" in log and "task 1: Exited with exit code 75" in log
+    assert log.count(f"continues from there (exit status {PREEMPTED_EXIT_CODE})") == 2
     assert f"resumed from {last} at epoch {(int(stopped[0]) - 1) // 2}, step {stopped[0]}" in log
     a, b = _checkpoint(straight_job[0] / "checkpoints" / "last.pt")["model"], _checkpoint(last)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
