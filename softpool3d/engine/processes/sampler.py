@@ -14,10 +14,8 @@ import math
 from typing import Any, Iterator, Sequence
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from softpool3d.engine.processes.distributed import DistInfo
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -104,13 +102,3 @@ class ClassBalancedSampler(ResumableDistributedSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         return torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
-
-
-def build_train_sampler(cfg: DictConfig, dataset: Dataset, dist_info: DistInfo) -> ResumableDistributedSampler:
-    """``data.sampler`` over ``dataset`` (whose ``labels`` are the training list's) for this rank,
-    seeded with ``train.seed``, dropping the last uneven share."""
-    options = dict(num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=cfg.train.seed,
-                   drop_last=True)
-    if cfg.data.sampler == "class_balanced":
-        return ClassBalancedSampler(dataset, dataset.labels, **options)
-    return ResumableDistributedSampler(dataset, **options)
