@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
-
 class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that yields ``(epoch, index)`` pairs and can start an epoch part-way,
     for exact mid-epoch resume.
