@@ -19,7 +19,7 @@ from softpool3d.engine.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "train.py"
-JOB_TIMEOUT_S = 300  # less than train.dist_timeout_s: a job that waited on a lost node fails by timing out
+JOB_TIMEOUT_S = 540  # less than train.dist_timeout_s: a job that waited on a lost node fails by timing out
 
 pytestmark = pytest.mark.slow
 
