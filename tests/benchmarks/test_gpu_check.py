@@ -21,7 +21,9 @@ from softpool3d import extension
 from softpool3d.benchmarks.device_decode import DecodeVsStep
 from softpool3d.benchmarks.gpu_check import kernel_steps, orchestrate, processes, report, training_steps
 from softpool3d.benchmarks.gpu_check.context import Context, NotOk, Skipped
+from softpool3d.benchmarks.loader import write_videos
 from softpool3d.benchmarks.shard_loader import GEOMETRIES
+from softpool3d.datasets import ShardSet
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "tools" / "gpu_deploy"
@@ -216,6 +218,19 @@ def test_shard_decode_without_a_measured_rate_is_not_ok_never_a_figure(decode, s
 def test_shard_decode_without_the_carried_shards_is_not_ok_naming_the_folder(tmp_path):
     with pytest.raises(NotOk, match=f"no frame shards at {tmp_path} .*gpu_wheels.sh"):
         training_steps.step_shard_decode(dataclasses.replace(_context(tmp_path), shards=tmp_path))
+
+
+def test_the_carried_shards_hold_x3d_s_clips_and_a_bad_video_stops_their_preparation(tmp_path):
+    """tools/gpu_wheels.sh's --make-shards: x3d_s's short side and every 6th frame (its sampling rate),
+    so the step's 13-frame clips come from them; a video that does not convert is an error, not a gap."""
+    write_videos(tmp_path / "videos" / "train", 1, frames=80, height=96, width=128, gop=32)
+    orchestrate.make_shards(tmp_path / "videos", tmp_path / "shards")
+    shards = ShardSet(tmp_path / "shards")
+    assert shards.index.meta["short_side"] == 182 and shards.index.meta["frame_step"] == 6
+    assert shards.index.count.tolist() == [14]  # frames 0, 6, ..., 78 of 80
+    (tmp_path / "videos" / "train" / "class0" / "damaged.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(RuntimeError, match="damaged.mp4"):
+        orchestrate.make_shards(tmp_path / "videos", tmp_path / "shards")
 
 
 def test_the_authors_kernel_without_its_folder_is_skipped_not_ok(tmp_path):
