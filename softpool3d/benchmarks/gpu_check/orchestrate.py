@@ -278,7 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"{len(paths)} videos in {args.make_videos}")
         return 0
     if args.make_shards:
-        say(f"shards of {args.videos} in {args.make_shards}: {make_shards(Path(args.videos), Path(args.make_shards)).describe()}")
+        summary = make_shards(Path(args.videos), Path(args.make_shards))
+        say(f"shards of {args.videos} in {args.make_shards}: {summary.describe()}")
         return 0
     if args.step:
         return run_one_step(args)

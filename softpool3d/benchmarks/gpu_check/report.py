@@ -43,7 +43,8 @@ def markdown_report(results: dict, steps: list) -> str:
             lines += ["| model | clip | batch | decoded clips/s | trained clips/s | ratio | vs `train_steps` |",
                       "|---|---|---|---|---|---|---|",
                       f"| {data['model']} | {data['clip']} | {data['batch']} | {data['decode_clips_per_s']:.1f} | "
-                      f"{data['step_clips_per_s']:.1f} | {data['ratio']:.2f} | {_two_places(data['ratio_to_train_steps'])} |", ""]
+                      f"{data['step_clips_per_s']:.1f} | {data['ratio']:.2f} | "
+                      f"{_two_places(data['ratio_to_train_steps'])} |", ""]
         elif data:
             lines += ["```json", json.dumps(data, indent=1, default=str)[:3000], "```", ""]
     return "\n".join(lines)

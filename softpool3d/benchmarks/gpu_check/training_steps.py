@@ -12,10 +12,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from softpool3d.benchmarks.gpu_check.context import REPO, Context, NotOk, require_extension
 from softpool3d.benchmarks.gpu_check.processes import run_group, say
+
+if TYPE_CHECKING:
+    from softpool3d.benchmarks.device_decode import DecodeVsStep
+    from softpool3d.benchmarks.shard_loader import Geometry
 
 COMPILE_NEEDS_S = 45
 """Seconds a compiled training case needs on the GPU machine (inductor's compilation of the forward
@@ -150,9 +154,8 @@ DECODE_MODEL = "x3d_s"
 """The model whose clip and training step the ``shard_decode`` step measures."""
 
 
-def decode_result(measured: Any, clip: Any, earlier: dict) -> dict:
-    """The ``shard_decode`` step's result from ``measured`` (a
-    :class:`~softpool3d.benchmarks.device_decode.DecodeVsStep`) at geometry ``clip``: clips/s decoded on
+def decode_result(measured: DecodeVsStep, clip: Geometry, earlier: dict) -> dict:
+    """The ``shard_decode`` step's result from ``measured`` at geometry ``clip``: clips/s decoded on
     the device and trained there, their ratio (decoded clips per trained clip: above 1, the device
     decodes its own input with time to spare) and the decode rate against ``train_steps``' x3d_s
     figure (bf16, channels_last_3d) where that step ran. :class:`NotOk` when a rate is not a positive
@@ -165,7 +168,8 @@ def decode_result(measured: Any, clip: Any, earlier: dict) -> dict:
     return {"model": DECODE_MODEL, "batch": measured.batch,
             "clip": f"{clip.num_frames} frames every {clip.sampling_rate}, {clip.crop_size} crop, "
                     f"short side {list(clip.train_scale)}",
-            "decode_clips_per_s": rates["decode"], "step_clips_per_s": rates["step"], "ratio": rates["decode"] / rates["step"],
+            "decode_clips_per_s": rates["decode"], "step_clips_per_s": rates["step"],
+            "ratio": rates["decode"] / rates["step"],
             "train_steps_x3d_s_soft_clips_per_s": train_rate,
             "ratio_to_train_steps": None if train_rate is None else rates["decode"] / train_rate}
 
@@ -192,7 +196,8 @@ def step_shard_decode(context: Context) -> dict:
     measured = decode_vs_step(context.shards, clip, DECODE_MODEL, context.device, batch=batch, repeats=repeats)
     result = decode_result(measured, clip, context.earlier)
     say(f"shard decode on {context.device.type}: {result['decode_clips_per_s']:.1f} clips/s decoded, "
-        f"{result['step_clips_per_s']:.1f} clips/s trained by {DECODE_MODEL} (batch {batch}): ratio {result['ratio']:.2f}")
+        f"{result['step_clips_per_s']:.1f} clips/s trained by {DECODE_MODEL} (batch {batch}): "
+        f"ratio {result['ratio']:.2f}")
     return result
 
 
