@@ -4,8 +4,10 @@
 #                   (decord2 as the one decoder, pytorchvideo, fvcore, iopath, omegaconf and the
 #                   pure-Python packages they need; wheels of sdist-only packages are built here
 #                   with `pip wheel`). Kept under 50 MiB: the whole tree travels under 64 MiB.
-#   .gpu_data/      a few short H.264 videos at the recipes' prepared size, for the loader step
-#                   (PyAV writes them here; it is not carried there).
+#   .gpu_data/      videos/: a few short H.264 videos at the recipes' prepared size, for the loader step
+#                   (PyAV writes them here; it is not carried there); shards/: their frames as JPEG
+#                   shards (x3d_s's short side, every 6th frame; about 4 MB) for the shard_decode step,
+#                   prepared here because the shard tool decodes with PyAV.
 # Both folders are ignored by git. Run from anywhere:
 #   bash tools/gpu_wheels.sh            # PYTHON=... picks the interpreter (default: .venv/bin/python)
 # Then: python tools/gpu_check.py --dry-run --out /tmp/gpu_dry   (checks the set against Python 3.12)
@@ -30,10 +32,12 @@ mkdir -p "$WHEELS"
 "$PYTHON" -m pip wheel -q --no-deps -w "$WHEELS" "${PURE[@]}"
 
 "$PYTHON" -m softpool3d.benchmarks.gpu_check --make-videos .gpu_data/videos
+"$PYTHON" -m softpool3d.benchmarks.gpu_check --videos .gpu_data/videos --make-shards .gpu_data/shards
 
 ls -l "$WHEELS"
 total=$(du -cb "$WHEELS"/*.whl | tail -1 | cut -f1)
-echo "wheels: $((total / 1048576)) MiB in $WHEELS (limit $LIMIT_MIB MiB); videos: $(du -sh .gpu_data | cut -f1)"
+echo "wheels: $((total / 1048576)) MiB in $WHEELS (limit $LIMIT_MIB MiB); videos: $(du -sh .gpu_data/videos | cut -f1)," \
+     "shards: $(du -sh .gpu_data/shards | cut -f1)"
 if [ "$total" -gt $((LIMIT_MIB * 1048576)) ]; then
     echo "ERROR: the wheels exceed $LIMIT_MIB MiB" >&2
     exit 1

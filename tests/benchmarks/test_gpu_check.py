@@ -3,6 +3,7 @@ kernel steps refuse to report without the compiled extension; ``pytest -m cuda``
 or failing, is NOT OK with the failed names kept; an authors'-kernel run without its folder is
 skipped, never ok; the dry run passes its steps and writes its reports; the deployment scripts
 (tools/gpu_deploy) check the carried wheels and place a PyAV placeholder that refuses every use."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -17,8 +18,12 @@ from pathlib import Path
 import pytest
 
 from softpool3d import extension
-from softpool3d.benchmarks.gpu_check import kernel_steps, orchestrate, processes, training_steps
+from softpool3d.benchmarks.device_decode import DecodeVsStep
+from softpool3d.benchmarks.gpu_check import kernel_steps, orchestrate, processes, report, training_steps
 from softpool3d.benchmarks.gpu_check.context import Context, NotOk, Skipped
+from softpool3d.benchmarks.loader import write_videos
+from softpool3d.benchmarks.shard_loader import GEOMETRIES
+from softpool3d.datasets import ShardSet
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "tools" / "gpu_deploy"
@@ -165,7 +170,8 @@ def no_extension(monkeypatch):
 
 @pytest.mark.parametrize("step", [kernel_steps.step_bench_op, kernel_steps.step_pytest_cuda,
                                   kernel_steps.step_sanitizer, training_steps.step_train_steps,
-                                  training_steps.step_ddp, kernel_steps.step_environment])
+                                  training_steps.step_ddp, training_steps.step_shard_decode,
+                                  kernel_steps.step_environment])
 def test_kernel_steps_refuse_to_report_without_the_compiled_extension(tmp_path, no_extension, step):
     with pytest.raises(NotOk, match="no compiled extension"):
         step(_context(tmp_path))
@@ -183,6 +189,48 @@ def test_a_failed_build_is_no_compiled_extension_not_a_fallback_figure(tmp_path,
             kernel_steps.step_bench_op(_context(tmp_path))
     finally:
         extension.load.cache_clear()
+
+
+def test_shard_decode_records_both_rates_their_ratio_and_its_report_row():
+    measured = DecodeVsStep(decode_clips_per_s=400.0, step_clips_per_s=100.0, batch=16)
+    earlier = {"train_steps": {"rows": [{"model": "x3d_s", "pool": "soft", "clips_per_s": 160.0},
+                                        {"model": "x3d_s", "pool": "soft", "clips_per_s": 200.0},  # compiled
+                                        {"model": "x3d_s", "pool": "max", "clips_per_s": 900.0},
+                                        {"model": "r3d_18", "pool": "soft", "clips_per_s": 800.0}]}}
+    result = training_steps.decode_result(measured, GEOMETRIES["x3d_s"], earlier)
+    assert result == {"model": "x3d_s", "batch": 16, "clip": "13 frames every 6, 160 crop, short side [182, 228]",
+                      "decode_clips_per_s": 400.0, "step_clips_per_s": 100.0, "ratio": 4.0,
+                      "train_steps_x3d_s_soft_clips_per_s": 200.0, "ratio_to_train_steps": 2.0}
+    alone = training_steps.decode_result(measured, GEOMETRIES["x3d_s"], {"train_steps": None})  # that step failed
+    assert alone["ratio"] == 4.0 and alone["ratio_to_train_steps"] is None
+    results = {"dry_run": False, "command": "c", "steps": {"shard_decode": {"status": "ok", "seconds": 20.0,
+                                                                             "result": result}}}
+    assert "| x3d_s | 13 frames every 6, 160 crop, short side [182, 228] | 16 | 400.0 | 100.0 | 4.00 | 2.00 |" in (
+        report.markdown_report(results, orchestrate.STEPS))
+
+
+@pytest.mark.parametrize("decode, step", [(400.0, 0.0), (float("nan"), 100.0), (float("inf"), 100.0)])
+def test_shard_decode_without_a_measured_rate_is_not_ok_never_a_figure(decode, step):
+    with pytest.raises(NotOk, match="no clips/s measured"):
+        training_steps.decode_result(DecodeVsStep(decode, step, 16), GEOMETRIES["x3d_s"], {})
+
+
+def test_shard_decode_without_the_carried_shards_is_not_ok_naming_the_folder(tmp_path):
+    with pytest.raises(NotOk, match=f"no frame shards at {tmp_path} .*gpu_wheels.sh"):
+        training_steps.step_shard_decode(dataclasses.replace(_context(tmp_path), shards=tmp_path))
+
+
+def test_the_carried_shards_hold_x3d_s_clips_and_a_bad_video_stops_their_preparation(tmp_path):
+    """tools/gpu_wheels.sh's --make-shards: x3d_s's short side and every 6th frame (its sampling rate),
+    so the step's 13-frame clips come from them; a video that does not convert is an error, not a gap."""
+    write_videos(tmp_path / "videos" / "train", 1, frames=80, height=96, width=128, gop=32)
+    orchestrate.make_shards(tmp_path / "videos", tmp_path / "shards")
+    shards = ShardSet(tmp_path / "shards")
+    assert shards.index.meta["short_side"] == 182 and shards.index.meta["frame_step"] == 6
+    assert shards.index.count.tolist() == [14]  # frames 0, 6, ..., 78 of 80
+    (tmp_path / "videos" / "train" / "class0" / "damaged.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(RuntimeError, match="damaged.mp4"):
+        orchestrate.make_shards(tmp_path / "videos", tmp_path / "shards")
 
 
 def test_the_authors_kernel_without_its_folder_is_skipped_not_ok(tmp_path):
@@ -264,7 +312,7 @@ def test_sigterm_to_the_check_keeps_the_running_steps_partial_results(tmp_path, 
     monkeypatch.setattr(orchestrate, "_prepare_site", lambda args, work, results: dict(os.environ))
     monkeypatch.setattr(orchestrate, "_step_command", lambda step, args, work, deadline: command)
     args = orchestrate.argparse.Namespace(out=str(tmp_path / "out"), wheels=None, videos=str(tmp_path),
-                                          authors_kernel=None, work=str(tmp_path), dry_run=True,
+                                          shards=None, authors_kernel=None, work=str(tmp_path), dry_run=True,
                                           steps="bench_op", budget_s=100)
     (tmp_path / "out").mkdir()
     threading.Thread(target=lambda: (_started_pids(log), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()

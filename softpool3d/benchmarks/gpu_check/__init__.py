@@ -12,7 +12,8 @@ avg/max pooling and the 5-op formula, timed by CUDA events over many calls, floa
 contiguous and channels_last_3d, X3D-S's squeeze-excitation pools first; rows written as they are
 measured), ``pytest_cuda`` (``pytest -m cuda``), ``train_steps`` (x3d_s and r3d_18, bf16,
 channels_last_3d, eager, then ``torch.compile`` while the cap allows), ``sanitizer``
-(compute-sanitizer memcheck and initcheck without the caching allocator), ``loader``, ``ddp``
+(compute-sanitizer memcheck and initcheck without the caching allocator), ``loader``,
+``shard_decode`` (the carried frame shards decoded on the GPU against x3d_s's training step), ``ddp``
 (torchrun over NCCL) and ``authors_kernel`` (with ``--authors-kernel``; reported skipped otherwise).
 
 A step that reports the kernel requires the compiled extension and says ``NOT OK: no compiled

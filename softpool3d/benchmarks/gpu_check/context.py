@@ -36,8 +36,8 @@ class Step:
 @dataclasses.dataclass
 class Context:
     """What a step sees: ``dry_run`` (CPU, tiny shapes), the output and work folders, the carried
-    videos, the authors' kernel folder (or None), the results of the steps before it and the
-    wall-clock time (``time.time()``) at which its cap kills it."""
+    videos, the authors' kernel folder (or None), the results of the steps before it, the
+    wall-clock time (``time.time()``) at which its cap kills it and the carried frame shards (or None)."""
 
     dry_run: bool
     out: Path
@@ -46,6 +46,7 @@ class Context:
     authors_kernel: Optional[Path]
     earlier: dict
     deadline: float
+    shards: Optional[Path] = None
 
     @property
     def device(self) -> "torch.device":  # noqa: F821

@@ -17,28 +17,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from softpool3d.benchmarks.gpu_check.context import REPO, Context, NotOk, Skipped, Step
 from softpool3d.benchmarks.gpu_check.kernel_steps import (step_authors_kernel, step_bench_op, step_environment,
                                                           step_pytest_cuda, step_sanitizer)
 from softpool3d.benchmarks.gpu_check.processes import Interrupted, Tee, interrupt_on_signals, run_group, say
 from softpool3d.benchmarks.gpu_check.report import LOG, REPORT, RESULTS, write_results
-from softpool3d.benchmarks.gpu_check.training_steps import step_ddp, step_loader, step_train_steps
+from softpool3d.benchmarks.gpu_check.training_steps import (DECODE_MODEL, step_ddp, step_loader, step_shard_decode,
+                                                            step_train_steps)
+
+if TYPE_CHECKING:
+    from softpool3d.datasets.prepare import PrepareSummary
 
 DEPLOY = REPO / "tools" / "gpu_deploy"
 DEFAULT_WHEELS = REPO / ".whl"
 DEFAULT_VIDEOS = REPO / ".gpu_data" / "videos"
+DEFAULT_SHARDS = REPO / ".gpu_data" / "shards"
 TOTAL_BUDGET_S = 480
 DRY_RUN_CAP_S = 600  # per step on a shared 2-core CPU
 
 STEPS = [
-    Step("environment", "Preflight, environment and the extension's builds", 150, step_environment),
+    Step("environment", "Preflight, environment and the extension's builds", 125, step_environment),
     Step("bench_op", "SoftPool op vs avg/max pooling and the 5-op formula", 40, step_bench_op),
     Step("pytest_cuda", "pytest -m cuda", 60, step_pytest_cuda),
     Step("train_steps", "Training steps, bf16, channels_last_3d", 75, step_train_steps),
     Step("sanitizer", "compute-sanitizer memcheck + initcheck", 60, step_sanitizer),
-    Step("loader", "Loader starvation (14 workers)", 25, step_loader),
+    Step("loader", "Loader starvation (14 workers)", 20, step_loader),
+    Step("shard_decode", "Frame shards decoded on the GPU vs x3d_s's training step", 30, step_shard_decode),
     Step("ddp", "DDP over NCCL under torchrun", 45, step_ddp),
     Step("authors_kernel", "The SoftPool authors' CUDA kernel (speed only)", 25, step_authors_kernel),
 ]
@@ -71,7 +77,8 @@ def pin_cuda_architectures(env: dict) -> Optional[str]:
 
 def _step_command(step: Step, args: argparse.Namespace, work: Path, deadline: float) -> list[str]:
     command = [sys.executable, "-m", "softpool3d.benchmarks.gpu_check", "--step", step.name, "--work", str(work),
-               "--out", str(args.out), "--videos", str(args.videos), "--deadline", f"{deadline:.3f}"]
+               "--out", str(args.out), "--videos", str(args.videos), "--shards", str(args.shards),
+               "--deadline", f"{deadline:.3f}"]
     command += ["--dry-run"] if args.dry_run else []
     return command + (["--authors-kernel", str(args.authors_kernel)] if args.authors_kernel else [])
 
@@ -129,7 +136,7 @@ def verdict(results: dict) -> tuple[list[str], list[str]]:
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    for name in ("out", "wheels", "videos", "authors_kernel"):  # the steps run in the work folder
+    for name in ("out", "wheels", "videos", "shards", "authors_kernel"):  # the steps run in the work folder
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     out = Path(args.out)
@@ -192,7 +199,8 @@ def run_one_step(args: argparse.Namespace) -> int:
     earlier_file = work / "earlier.json"
     context = Context(args.dry_run, Path(args.out), work, Path(args.videos),
                       Path(args.authors_kernel).resolve() if args.authors_kernel else None,
-                      json.loads(earlier_file.read_text()) if earlier_file.is_file() else {}, args.deadline)
+                      json.loads(earlier_file.read_text()) if earlier_file.is_file() else {}, args.deadline,
+                      Path(args.shards))
     step = next(step for step in STEPS if step.name == args.step)
     entry: dict[str, Any]
     try:
@@ -224,6 +232,22 @@ def make_videos(folder: Path, frames: int = 96, height: int = 240, width: int = 
     return paths
 
 
+def make_shards(videos: Path, folder: Path) -> PrepareSummary:
+    """The carried frame shards of the carried ``videos`` in ``folder``, prepared here: the shard tool
+    decodes with PyAV, which the GPU machine lacks. At x3d_s's prepared short side (182), JPEG quality
+    90 and every 6th frame only (x3d_s's sampling rate, so its clips stay exact): about 4 MB."""
+    from softpool3d.benchmarks.shard_loader import GEOMETRIES
+    from softpool3d.datasets.prepare_shards import prepare_shards
+
+    clip = GEOMETRIES[DECODE_MODEL]
+    shutil.rmtree(folder, ignore_errors=True)
+    summary = prepare_shards(videos, folder, dataset="custom", short_side=clip.short_side,
+                             frame_step=clip.sampling_rate, workers=0, progress=False)
+    if summary.failed or not summary.converted:
+        raise RuntimeError(f"preparing the shards of {videos} failed: {summary.failed or 'no videos'}")
+    return summary
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from softpool3d.benchmarks.gpu_check import __doc__ as usage
 
@@ -235,6 +259,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="total seconds for the GPU run")
     parser.add_argument("--wheels", default=str(DEFAULT_WHEELS), help="the carried wheels (tools/gpu_wheels.sh)")
     parser.add_argument("--videos", default=str(DEFAULT_VIDEOS), help="the carried videos (tools/gpu_wheels.sh)")
+    parser.add_argument("--shards", default=str(DEFAULT_SHARDS), help="the carried frame shards (tools/gpu_wheels.sh)")
     parser.add_argument("--authors-kernel", help="the SoftPool authors' pytorch/ folder (never committed); "
                         "the step is skipped without it")
     parser.add_argument("--python312", help="the Python 3.12 of the dry run's wheel check (default: found)")
@@ -245,10 +270,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--step", choices=STEP_NAMES, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     parser.add_argument("--make-videos", metavar="DIR", help="write the carried videos into DIR and exit (needs PyAV)")
+    parser.add_argument("--make-shards", metavar="DIR", help="write the carried frame shards of --videos into DIR "
+                        "and exit (needs PyAV)")
     args = parser.parse_args(argv)
     if args.make_videos:
         paths = make_videos(Path(args.make_videos))
         say(f"{len(paths)} videos in {args.make_videos}")
+        return 0
+    if args.make_shards:
+        summary = make_shards(Path(args.videos), Path(args.make_shards))
+        say(f"shards of {args.videos} in {args.make_shards}: {summary.describe()}")
         return 0
     if args.step:
         return run_one_step(args)

@@ -12,7 +12,7 @@ REPORT = "gpu_check.md"
 LOG = "gpu_check.log"
 
 
-def _gib(value: Optional[float]) -> str:
+def _two_places(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -37,8 +37,14 @@ def markdown_report(results: dict, steps: list) -> str:
         elif step.name == "train_steps" and data.get("rows"):
             lines += ["| model | pool | mode | clip | batch | clips/s | peak GiB |", "|---|---|---|---|---|---|---|"]
             lines += [f"| {r['model']} | {r['pool']} | {r['mode']} | {'x'.join(map(str, r['clip']))} | {r['batch']} | "
-                      f"{r['clips_per_s']:.1f} | {_gib(r['peak_gib'])} |" for r in data["rows"]]
+                      f"{r['clips_per_s']:.1f} | {_two_places(r['peak_gib'])} |" for r in data["rows"]]
             lines += ([f"Left out for time: {', '.join(data['left_out'])}"] if data.get("left_out") else []) + [""]
+        elif step.name == "shard_decode" and data.get("decode_clips_per_s"):
+            lines += ["| model | clip | batch | decoded clips/s | trained clips/s | ratio | vs `train_steps` |",
+                      "|---|---|---|---|---|---|---|",
+                      f"| {data['model']} | {data['clip']} | {data['batch']} | {data['decode_clips_per_s']:.1f} | "
+                      f"{data['step_clips_per_s']:.1f} | {data['ratio']:.2f} | "
+                      f"{_two_places(data['ratio_to_train_steps'])} |", ""]
         elif data:
             lines += ["```json", json.dumps(data, indent=1, default=str)[:3000], "```", ""]
     return "\n".join(lines)

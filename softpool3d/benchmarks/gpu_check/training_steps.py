@@ -1,18 +1,25 @@
 """The GPU check's steps about training: ``train_steps`` (x3d_s and r3d_18 at their recipe clips,
 bf16, channels_last_3d, eager and ``torch.compile``), ``loader`` (the real loader against the model's
-clips/s) and ``ddp`` (``softpool3d`` training under torchrun over NCCL)."""
+clips/s), ``shard_decode`` (frame shards' JPEGs decoded on the GPU against x3d_s's training step) and
+``ddp`` (``softpool3d`` training under torchrun over NCCL)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from softpool3d.benchmarks.gpu_check.context import REPO, Context, NotOk, require_extension
 from softpool3d.benchmarks.gpu_check.processes import run_group, say
+
+if TYPE_CHECKING:
+    from softpool3d.benchmarks.device_decode import DecodeVsStep
+    from softpool3d.benchmarks.shard_loader import Geometry
 
 COMPILE_NEEDS_S = 45
 """Seconds a compiled training case needs on the GPU machine (inductor's compilation of the forward
@@ -124,9 +131,7 @@ def step_loader(context: Context) -> dict:
         clips = clips.to(context.device, non_blocking=True)
     seconds = time.perf_counter() - started
     loader_rate = batches * batch / seconds
-    model_rows = context.earlier.get("train_steps", {}).get("rows", [])
-    model_rate = max((row["clips_per_s"] for row in model_rows if row["model"] == "x3d_s" and row["pool"] == "soft"),
-                     default=None)
+    model_rate = x3d_s_soft_clips_per_s(context.earlier)
     idle = None if model_rate is None else max(0.0, 1.0 - loader_rate / model_rate)
     result = {"videos": len(videos), "decord_opened": decord_read, "workers": workers, "batch": batch,
               "clip": f"{clip} frames every {rate}, {crop} crop, short side {list(scale)}",
@@ -135,6 +140,64 @@ def step_loader(context: Context) -> dict:
         f"{model_rate if model_rate is None else round(model_rate, 1)}: GPU idle fraction {idle}")
     if decord_read < len(videos):
         raise NotOk(f"decord opened {decord_read} of {len(videos)} videos: the others need PyAV, not carried")
+    return result
+
+
+def x3d_s_soft_clips_per_s(earlier: dict) -> Optional[float]:
+    """x3d_s's best training clips/s with SoftPool in the ``train_steps`` step's results (``earlier``:
+    the results of the steps before, by name), or None where that step did not run or measure it."""
+    rows = (earlier.get("train_steps") or {}).get("rows", [])
+    return max((row["clips_per_s"] for row in rows if row["model"] == "x3d_s" and row["pool"] == "soft"), default=None)
+
+
+DECODE_MODEL = "x3d_s"
+"""The model whose clip and training step the ``shard_decode`` step measures."""
+
+
+def decode_result(measured: DecodeVsStep, clip: Geometry, earlier: dict) -> dict:
+    """The ``shard_decode`` step's result from ``measured`` at geometry ``clip``: clips/s decoded on
+    the device and trained there, their ratio (decoded clips per trained clip: above 1, the device
+    decodes its own input with time to spare) and the decode rate against ``train_steps``' x3d_s
+    figure (bf16, channels_last_3d) where that step ran. :class:`NotOk` when a rate is not a positive
+    finite number: nothing was measured, and no figure stands in for it."""
+    rates = {"decode": measured.decode_clips_per_s, "step": measured.step_clips_per_s}
+    unmeasured = {name: rate for name, rate in rates.items() if not (math.isfinite(rate) and rate > 0)}
+    if unmeasured:
+        raise NotOk(f"no clips/s measured: {unmeasured}")
+    train_rate = x3d_s_soft_clips_per_s(earlier)
+    return {"model": DECODE_MODEL, "batch": measured.batch,
+            "clip": f"{clip.num_frames} frames every {clip.sampling_rate}, {clip.crop_size} crop, "
+                    f"short side {list(clip.train_scale)}",
+            "decode_clips_per_s": rates["decode"], "step_clips_per_s": rates["step"],
+            "ratio": rates["decode"] / rates["step"],
+            "train_steps_x3d_s_soft_clips_per_s": train_rate,
+            "ratio_to_train_steps": None if train_rate is None else rates["decode"] / train_rate}
+
+
+def step_shard_decode(context: Context) -> dict:
+    """Clips/s of the carried frame shards (``tools/gpu_wheels.sh`` prepares them here, where PyAV
+    decodes: the GPU machine has none) decoded on the device (nvJPEG on CUDA) against x3d_s's training
+    step at X3D-S's clip, by :func:`~softpool3d.benchmarks.device_decode.decode_vs_step`."""
+    import torch
+
+    from softpool3d.benchmarks.device_decode import decode_vs_step
+    from softpool3d.benchmarks.shard_loader import GEOMETRIES
+    from softpool3d.datasets.shard_index import INDEX_NAME
+
+    require_extension(context)  # the step's model pools with SoftPool: never the pure-PyTorch path's figure
+    if context.shards is None or not (context.shards / INDEX_NAME).is_file():
+        raise NotOk(f"no frame shards at {context.shards} (no {INDEX_NAME}): run tools/gpu_wheels.sh here, "
+                    f"and carry .gpu_data")
+    clip = GEOMETRIES[DECODE_MODEL]  # 13 frames every 6, crop 160 from a short side in [182, 228]
+    batch, repeats = TRAIN_CASES[DECODE_MODEL][1], 10
+    if context.dry_run:
+        clip, batch, repeats = dataclasses.replace(clip, num_frames=4, crop_size=32, train_scale=(32, 40)), 2, 1
+    torch.backends.cudnn.benchmark = True
+    measured = decode_vs_step(context.shards, clip, DECODE_MODEL, context.device, batch=batch, repeats=repeats)
+    result = decode_result(measured, clip, context.earlier)
+    say(f"shard decode on {context.device.type}: {result['decode_clips_per_s']:.1f} clips/s decoded, "
+        f"{result['step_clips_per_s']:.1f} clips/s trained by {DECODE_MODEL} (batch {batch}): "
+        f"ratio {result['ratio']:.2f}")
     return result
 
 
