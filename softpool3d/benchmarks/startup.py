@@ -27,7 +27,8 @@ _CHILD = """
 import json, sys, time
 start = time.perf_counter()
 from softpool3d.benchmarks.startup import first_batch
-print(json.dumps({"first_batch_s": first_batch(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "early") + time.perf_counter() - start}))
+seconds = first_batch(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "early")
+print(json.dumps({"first_batch_s": seconds + time.perf_counter() - start}))
 """
 
 _PREDICT = "import sys; from softpool3d.engine.cli import predict_main; sys.exit(predict_main(sys.argv[1:]))"
@@ -99,7 +100,8 @@ def measure_loader(root: str, workers: int, setting: str) -> dict[str, float]:
 
 def predict_seconds(checkpoint: str, video: str, workers: int) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _PREDICT, checkpoint, video, "--workers", str(workers)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", _PREDICT, checkpoint, video, "--workers", str(workers)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

@@ -9,8 +9,8 @@ gets ``num_clips x num_crops`` views spread over its own frames, and the video's
 average the windows'. Features are the input of the model's classifier (``get_classifier()``:
 the globally pooled, for X3D also projected, backbone features), averaged like the probabilities.
 
-Decoding runs in DataLoader workers (:func:`decoding_workers`: in this process for one video): a first pass reads each video's frame count and rate, a
-second decodes the views. A video that cannot be decoded gets :attr:`Prediction.error` and the
+Decoding runs in DataLoader workers (:func:`decoding_workers`: in this process for one video): a first
+pass reads each video's frame count and rate, a second decodes the views. A video that cannot be decoded gets :attr:`Prediction.error` and the
 others go on. The inputs are :mod:`~softpool3d.engine.inference.video_inputs`', the windows
 :mod:`~softpool3d.engine.inference.windows`', the results and their files :mod:`~softpool3d.engine.inference.prediction_outputs`';
 the command is :mod:`~softpool3d.engine.inference.predict_command`.
@@ -231,8 +231,8 @@ class Recognizer:
     def _units(self, videos: Sequence[VideoInput], results: list[Prediction], window: Optional[float],
                stride: Optional[float], workers: int) -> list[ViewUnit]:
         """Probe every video (frame count, fps) and split the readable ones into units (windows, or whole)."""
-        probe = run_loader(_Probe([v.path for v in videos]), None, None, decoding_workers(workers, len(videos), len(videos)),
-                           self.device)
+        probe_workers = decoding_workers(workers, len(videos), len(videos))
+        probe = run_loader(_Probe([v.path for v in videos]), None, None, probe_workers, self.device)
         units: list[ViewUnit] = []
         for index, (num_frames, fps, error) in enumerate(probe):
             result = results[index]
