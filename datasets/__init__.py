@@ -17,7 +17,7 @@ from softpool3d.datasets.shard_index import ShardIndexError
 from softpool3d.datasets.registry import DATASET_NAMES, SPLITS, DatasetFormat, dataset_format, list_datasets, register_dataset
 from softpool3d.datasets.sampling import NUM_CROPS
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
-from softpool3d.datasets.workers import freeze_inherited_objects, worker_context
+from softpool3d.datasets.workers import freeze_inherited_objects, start_worker_server, worker_context
 
 __all__ = [
     "AnnotationError",
@@ -46,6 +46,7 @@ __all__ = [
     "make_index",
     "read_frames",
     "register_dataset",
+    "start_worker_server",
     "video_info",
     "worker_context",
     "write_video",

@@ -6,8 +6,10 @@ import gc
 import multiprocessing
 import os
 import signal
+import threading
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
+from typing import Optional
 
 # What the fork server imports once, so that each worker it forks starts with them loaded.
 _PRELOAD = ["__main__", "softpool3d.datasets", "softpool3d.datasets.forkserver_signals"]
@@ -34,6 +36,24 @@ def worker_context() -> BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     return context
+
+
+def start_worker_server() -> Optional[threading.Thread]:
+    """Start :func:`worker_context`'s fork server now, in a background thread, so that it imports
+    its preloaded modules (torch among them, through ``softpool3d.datasets``) while the caller goes
+    on (building its model, its datasets) instead of when its first loader starts its workers.
+
+    A loader that starts workers before the server is up waits for it (``ensure_running`` holds the
+    server's lock), so calling this is never needed for correctness; where the platform has no fork
+    server it does nothing and returns None, else it returns the thread that starts the server.
+    The server is started by fork and exec, not a plain fork, so a caller that PyAV already made
+    multi-threaded may call this too.
+    """
+    if worker_context().get_start_method() != "forkserver":
+        return None
+    thread = threading.Thread(target=forkserver.ensure_running, name="softpool3d-worker-server", daemon=True)
+    thread.start()
+    return thread
 
 
 def freeze_inherited_objects(worker_id: int) -> None:

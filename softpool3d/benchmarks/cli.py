@@ -145,6 +145,20 @@ def workers_main(argv: Optional[Sequence[str]] = None) -> int:
     return run(args)
 
 
+def startup_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/bench_startup.py``: start-up and memory of a process with workers, and of a one-video predict."""
+    parser = _parser("startup")
+    parser.add_argument("--root", type=Path, required=True, help="a demo set (UCF-101 layout) to load")
+    parser.add_argument("--checkpoint", type=Path, help="also time a one-video softpool3d-predict of this checkpoint")
+    parser.add_argument("--video", type=Path, help="the video predicted (default: the first under --root)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    from softpool3d.benchmarks.startup import run
+
+    return run(args)
+
+
 def decoders_main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/compare_decoders.py``: decord builds against PyAV on the test fixtures."""
     parser = _parser("decoders")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset
+from softpool3d.datasets import Annotations, ClipDataset, make_demo_dataset, start_worker_server
 from softpool3d.datasets import build_dataset as build_clip_dataset
 from softpool3d.datasets import build_shard_dataset
 from softpool3d.engine.checkpoint import has_digest, load_checkpoint
@@ -241,6 +241,8 @@ def build_training(cfg: DictConfig, dist_info: DistInfo) -> TrainingParts:
     (``train.amp=fp16``), the switches and the non-finite guard. Call it after seeding."""
     directory = run_dir(cfg)
     set_threads(cfg)
+    if cfg.data.num_workers > 0:
+        start_worker_server()  # the workers' fork server starts while the data and the model are built
     if dist_info.is_main:
         prepare_data(cfg)
         save_config(cfg, RunLayout(directory).config)

@@ -1,6 +1,7 @@
 """Worker processes (datasets/workers.py): started by ``worker_context``, a worker does not inherit
 the parent's PyAV state, whose scaler threads' locks deadlock a forked child (av 18 and av 19);
 with ``freeze_inherited_objects`` it ends with a main process killed outright."""
+import json
 import os
 import signal
 import subprocess
@@ -81,3 +82,40 @@ def test_workers_end_with_a_main_process_killed_outright(tmp_path):
     if alive:
         os.kill(worker, signal.SIGKILL)
     assert not alive, f"worker {worker} outlived its main process by 60 s"
+
+
+_EARLY_SERVER = """
+import json, os, sys
+
+class Seen:  # a map-style dataset; this script imports torch only under __main__, so not in the fork server
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        with open(f"/proc/{os.getppid()}/maps") as maps:
+            return json.dumps({"parent": os.getppid(), "parent_has_torch": "libtorch" in maps.read()})
+
+if __name__ == "__main__":
+    from multiprocessing import forkserver
+    from torch.utils.data import DataLoader
+    from softpool3d.datasets import start_worker_server, worker_context
+
+    start_worker_server().join()
+    server = forkserver._forkserver._forkserver_pid
+    loader = DataLoader(Seen(), batch_size=None, num_workers=1, multiprocessing_context=worker_context())
+    print(json.dumps({"server": server, **json.loads(next(iter(loader)))}))
+"""
+
+
+def test_an_early_worker_server_holds_torch_and_forks_the_workers(tmp_path):
+    """``start_worker_server`` starts the fork server before any loader; a loader's worker is then
+    forked from that server, which had imported torch (the preload) before it forked the worker, so
+    the worker inherits torch instead of importing it again."""
+    script = tmp_path / "main.py"
+    script.write_text(_EARLY_SERVER)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["server"] is not None
+    assert seen["parent"] == seen["server"]
+    assert seen["parent_has_torch"]

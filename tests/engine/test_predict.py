@@ -214,3 +214,20 @@ def test_csv_from_a_video_list_has_each_videos_labels_and_scores_in_rank_order(c
 def test_stride_without_window_is_a_user_error(checkpoint, inputs, caplog):
     assert cli.predict_main([str(checkpoint), str(inputs / "a.mp4"), "--stride", "1", "--workers", "0"]) == 2
     assert len(errors(caplog)) == 1 and "--stride needs --window" in errors(caplog)[0], errors(caplog)
+
+
+def test_one_video_is_decoded_in_this_process_and_several_by_workers(checkpoint, inputs, monkeypatch):
+    """Starting workers costs more than decoding one video: with ``--workers 2`` one video starts no
+    worker and no fork server; two videos start the server before the model loads, 2 workers to probe
+    them and 1 for their one batch of 4 views (no more workers than batches)."""
+    from softpool3d.engine.inference import predict, predict_command
+
+    workers, servers, real_loader = [], [], predict.run_loader
+    monkeypatch.setattr(predict, "run_loader", lambda dataset, sampler, batch_size, num_workers, device:
+                        workers.append(num_workers) or real_loader(dataset, sampler, batch_size, num_workers, device))
+    monkeypatch.setattr(predict_command, "start_worker_server", lambda: servers.append("started"))
+    assert cli.predict_main([str(checkpoint), str(inputs / "a.mp4"), "--workers", "2"]) == 0
+    assert workers == [0, 0] and servers == []
+    workers.clear()
+    assert cli.predict_main([str(checkpoint), str(inputs / "a.mp4"), str(inputs / "b.mp4"), "--workers", "2"]) == 0
+    assert workers == [2, 1] and servers == ["started"]

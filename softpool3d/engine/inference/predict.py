@@ -9,8 +9,8 @@ gets ``num_clips x num_crops`` views spread over its own frames, and the video's
 average the windows'. Features are the input of the model's classifier (``get_classifier()``:
 the globally pooled, for X3D also projected, backbone features), averaged like the probabilities.
 
-Decoding runs in DataLoader workers: a first pass reads each video's frame count and rate, a
-second decodes the views. A video that cannot be decoded gets :attr:`Prediction.error` and the
+Decoding runs in DataLoader workers (:func:`decoding_workers`: in this process for one video): a first
+pass reads each video's frame count and rate, a second decodes the views. A video that cannot be decoded gets :attr:`Prediction.error` and the
 others go on. The inputs are :mod:`~softpool3d.engine.inference.video_inputs`', the windows
 :mod:`~softpool3d.engine.inference.windows`', the results and their files :mod:`~softpool3d.engine.inference.prediction_outputs`';
 the command is :mod:`~softpool3d.engine.inference.predict_command`.
@@ -41,7 +41,15 @@ from softpool3d.engine.processes.amp import resolve_amp
 from softpool3d.engine.processes.loaders import run_loader
 
 # the Python API of prediction: the recognizer, what it is given and what it returns
-__all__ = ["Recognizer", "VideoInput", "collect_videos", "Prediction", "WindowPrediction", "default_device"]
+__all__ = ["Recognizer", "VideoInput", "collect_videos", "Prediction", "WindowPrediction", "decoding_workers",
+           "default_device"]
+
+
+def decoding_workers(requested: int, videos: int, items: int) -> int:
+    """The workers a prediction loader of ``items`` items (probes or batches of views) over ``videos`` videos
+    starts: none for a single video (starting workers costs more than decoding one video in this process),
+    else ``requested`` but no more than there are items."""
+    return 0 if videos <= 1 else min(requested, items)
 
 
 class _Probe(Dataset):
@@ -181,7 +189,7 @@ class Recognizer:
 
         ``num_clips x num_crops`` views per video or window (default ``data.num_clips``/``data.num_crops``),
         ``batch_size`` views a forward pass (default ``data.test_batch_size``), ``workers`` decoding
-        processes, ``features`` to keep pooled features, ``progress`` for a bar.
+        processes (:func:`decoding_workers`), ``features`` to keep pooled features, ``progress`` for a bar.
         """
         data = self.cfg.data
         if features and self.runner is not self.model:
@@ -193,8 +201,9 @@ class Recognizer:
         if not units:
             return results
         clips = builders.build_test_clips(self.cfg, [v.path for v in videos], self.classes, num_clips, num_crops)
-        loader = run_loader(_UnitViews(clips, units), None, batch_size or int(data.test_batch_size), workers,
-                            self.device)
+        views, batch_size = _UnitViews(clips, units), batch_size or int(data.test_batch_size)
+        batches = -(-len(views) // batch_size)
+        loader = run_loader(views, None, batch_size, decoding_workers(workers, len(videos), batches), self.device)
         sums = torch.zeros(len(units), len(self.classes), dtype=torch.float64)
         counts = torch.zeros(len(units), dtype=torch.float64)
         feature_sums: Optional[torch.Tensor] = None
@@ -222,7 +231,8 @@ class Recognizer:
     def _units(self, videos: Sequence[VideoInput], results: list[Prediction], window: Optional[float],
                stride: Optional[float], workers: int) -> list[ViewUnit]:
         """Probe every video (frame count, fps) and split the readable ones into units (windows, or whole)."""
-        probe = run_loader(_Probe([v.path for v in videos]), None, None, min(workers, len(videos)), self.device)
+        probe_workers = decoding_workers(workers, len(videos), len(videos))
+        probe = run_loader(_Probe([v.path for v in videos]), None, None, probe_workers, self.device)
         units: list[ViewUnit] = []
         for index, (num_frames, fps, error) in enumerate(probe):
             result = results[index]

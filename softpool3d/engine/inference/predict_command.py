@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from softpool3d.datasets import NUM_CROPS
+from softpool3d.datasets import NUM_CROPS, start_worker_server
 from softpool3d.engine.config import ConfigError
-from softpool3d.engine.inference.predict import Recognizer
+from softpool3d.engine.inference.predict import Recognizer, decoding_workers
 from softpool3d.engine.inference.prediction_outputs import format_table, output_format, write_features, write_output
 from softpool3d.engine.inference.render import render
 from softpool3d.engine.inference.video_inputs import collect_videos
@@ -39,6 +39,8 @@ def run_predict(checkpoint: str, inputs: Sequence[str], *, top_k: int = 5, num_c
     if num_crops is not None and num_crops not in NUM_CROPS:
         raise ConfigError(f"--crops must be one of {', '.join(map(str, NUM_CROPS))}, got {num_crops}")
     videos = collect_videos(inputs)
+    if decoding_workers(workers, len(videos), len(videos)) > 0:
+        start_worker_server()  # the workers' fork server imports torch while the model loads
     recognizer = Recognizer.from_checkpoint(checkpoint, device, overrides, runtime, onnx)
     logger.info("%s: %s (%d classes) on %s (%s), %d videos", checkpoint, recognizer.cfg.model.name,
                 len(recognizer.classes), recognizer.device, runtime, len(videos))
