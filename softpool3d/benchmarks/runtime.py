@@ -39,13 +39,18 @@ def model_checkpoint(folder: Path, overrides: Sequence[str]) -> Path:
     return save_checkpoint(state, folder / "model.pt")
 
 
+def clip_overrides(model: str, frames: int, crop: int) -> list[str]:
+    """The demo config's overrides for ``model`` (full width) at ``frames`` x ``crop`` x ``crop`` clips on the CPU."""
+    return [f"model.name={model}", "model.width=null", f"data.num_frames={frames}", f"data.crop_size={crop}",
+            f"data.test_scale={crop}", f"data.train_scale=[{crop},{crop + 32}]", "train.device=cpu"]
+
+
 def runtime_speed(model: str = "x3d_s", clip: tuple[int, int] = (13, 160), videos: int = 8, rounds: int = 3,
                   workers: int = 0) -> str:
     """Markdown: videos/s of ``softpool3d-predict`` (``Recognizer.predict_videos``) on ``videos`` demo videos
     with ``model`` at ``clip`` (frames, crop), eager and onnx, median of ``rounds`` interleaved rounds."""
     frames, crop = clip
-    overrides = [f"model.name={model}", "model.width=null", f"data.num_frames={frames}", f"data.crop_size={crop}",
-                 f"data.test_scale={crop}", f"data.train_scale=[{crop},{crop + 32}]", "train.device=cpu"]
+    overrides = clip_overrides(model, frames, crop)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         checkpoint = model_checkpoint(folder, overrides)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from softpool3d.benchmarks.inference import moving_pattern
-from softpool3d.benchmarks.runtime import model_checkpoint
+from softpool3d.benchmarks.runtime import clip_overrides, model_checkpoint
 from softpool3d.datasets import write_video
 from softpool3d.engine.inference.stream import run_stream
 
@@ -32,8 +32,7 @@ def stream_latency(seconds: float = 60.0, model: str = "x3d_s", clip: tuple[int,
     """Markdown: serve ``seconds`` of a 25 fps 320x240 video over UDP, predict on it with ``model`` at ``clip``
     (frames, crop; 2 clips x 3 crops a window, the demo config's views), and report the summary."""
     frames, crop = clip
-    overrides = [f"model.name={model}", "model.width=null", f"data.num_frames={frames}", f"data.crop_size={crop}",
-                 f"data.test_scale={crop}", f"data.train_scale=[{crop},{crop + 32}]", "train.device=cpu"]
+    overrides = clip_overrides(model, frames, crop)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         checkpoint = model_checkpoint(folder, overrides)
