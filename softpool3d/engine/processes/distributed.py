@@ -12,7 +12,10 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from softpool3d.engine.processes.attempts import agent_store, agree_on_attempt, uses_agent_store
 from softpool3d.engine.processes.slurm_env import adopt_slurm_task_environment
+
+_agreed_attempt: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size, timeout),
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(rank, world_size, timeout),
                                 rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, target)
 
@@ -69,24 +72,28 @@ def cuda_device_index(local_rank: int) -> int:
     return local_rank % max(1, torch.cuda.device_count())
 
 
-def _attempt_store(world_size: int, timeout: timedelta) -> Optional[dist.Store]:
-    """After a torchrun restart, the agent's TCP store under a prefix of its own; None otherwise
+def _attempt_store(rank: int, world_size: int, timeout: timedelta) -> Optional[dist.Store]:
+    """Under torchrun, the agents' TCP store under a prefix of this attempt; None otherwise
     (``init_process_group`` then reads ``MASTER_ADDR``/``MASTER_PORT`` itself).
 
-    The agent serves one store to every attempt (``TORCHELASTIC_USE_AGENT_STORE``), so the
-    addresses that the killed attempt's ranks published are still there: without a fresh prefix
-    the new ranks read them and fail to connect to peers that no longer exist.
+    The agents serve one store to every attempt (``TORCHELASTIC_USE_AGENT_STORE``), so the
+    addresses that a killed attempt's ranks published are still there: without a fresh prefix
+    the new ranks read them and fail to connect to peers that no longer exist. The attempt is
+    the one all ranks agree on (:func:`~softpool3d.engine.processes.attempts.agree_on_attempt`).
     """
-    attempt = restart_count()
-    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+    global _agreed_attempt
+    if not uses_agent_store():
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
-                          timeout=timeout)
-    return dist.PrefixStore(f"softpool3d/attempt_{attempt}/", store)
+    store = agent_store(world_size, timeout)
+    _agreed_attempt = agree_on_attempt(store, rank, world_size, timeout)
+    return dist.PrefixStore(f"softpool3d/attempt_{_agreed_attempt}/", store)
 
 
 def restart_count() -> int:
-    """How many times torchrun's agent has restarted this job's workers (``--max-restarts``); 0 outside torchrun."""
+    """How many times torchrun's agents have restarted this job's workers (``--max-restarts``), the
+    same on every rank once the process group is up; 0 outside torchrun."""
+    if _agreed_attempt is not None:
+        return _agreed_attempt
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
