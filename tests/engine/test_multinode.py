@@ -61,8 +61,26 @@ def _two_nodes(args, restarts=0):
 
 
 def _wait(node):
-    out, _ = node.communicate(timeout=JOB_TIMEOUT_S)
+    """The node's exit status and output; a node still running after ``JOB_TIMEOUT_S`` is killed
+    whole (agent and workers), so that a hung job leaves nothing behind for the next test."""
+    try:
+        out, _ = node.communicate(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _kill_node(node)
+        raise
     return node.returncode, out
+
+
+def _kill_node(node):
+    """SIGKILL a node's agent and its workers (torchrun starts each worker in a session of its own)."""
+    workers = [int(path.parent.name) for path in Path("/proc").glob("[0-9]*/stat") if _parent(path) == node.pid]
+    os.killpg(node.pid, signal.SIGKILL)
+    for worker in workers:
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    node.wait()
 
 
 def _parent(stat):
@@ -126,10 +144,7 @@ def test_a_lost_node_ends_the_job_on_the_other(demo_root, tmp_path):
     second = next(node for node in nodes if any(b"\0RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()
                                                 for pid in workers[node]))
     first = next(node for node in nodes if node is not second)
-    os.killpg(second.pid, signal.SIGKILL)
-    for worker in workers[second]:
-        os.kill(worker, signal.SIGKILL)
-    second.wait()
+    _kill_node(second)
     code, out = _wait(first)
     assert code != 0, out[-3000:]
     assert len(_digests(tmp_path / "x", 0)) == 2
