@@ -156,7 +156,7 @@ def test_a_worker_killed_under_max_restarts_resumes_on_both_nodes_to_the_same_we
     re-joins: a membership change, which torchrun does not count as a restart. The two new workers
     get different ``TORCHELASTIC_RESTART_COUNT``s and must still agree that they resume."""
     args = [*_small(demo_root, tmp_path), "train.checkpoint_every_steps=1", "debug.kill_at_step=3", "debug.kill_rank=1",
-            "debug.stall_at_step=3", "debug.stall_rank=0", "debug.stall_s=60"]
+            "debug.stall_at_step=3", "debug.stall_rank=0", "debug.stall_s=15"]
     results = [_wait(node) for node in _two_nodes(args, restarts=1)]
     assert [code for code, _ in results] == [0, 0], "\n".join(out[-3000:] for _, out in results)
     out = "".join(out for _, out in results)

@@ -97,11 +97,11 @@ def test_sbatch_of_two_tasks_trains_and_tests_the_demo(straight_job, demo_root):
 
 @pytest.mark.slow
 def test_scontrol_requeue_of_a_running_job_resumes_it_to_the_same_weights(slurm, straight_job, demo_root, tmp_path):
-    """Rank 0 sleeps 20 s after step 1 (its checkpoint written); the job is requeued meanwhile. SLURM
+    """Rank 0 sleeps 8 s after step 1 (its checkpoint written); the job is requeued meanwhile. SLURM
     sends SIGTERM to every task: both finish their step, write last.pt and exit 75; the job starts
     again, resumes there and ends with the straight job's weights."""
     job_id = _submit(slurm, tmp_path, [*_args(demo_root, tmp_path), "debug.stall_at_step=1", "debug.stall_rank=0",
-                                       "debug.stall_s=20"])
+                                       "debug.stall_s=8"])
     last = tmp_path / "x" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not (last.is_file() and _checkpoint(last)["step"] >= 1) and time.monotonic() < deadline:

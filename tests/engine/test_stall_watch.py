@@ -85,7 +85,7 @@ def test_a_full_dev_shm_gets_the_shm_size_remedy():
 
 @pytest.mark.slow
 def test_a_rank_stalled_in_its_data_wait_is_named_by_the_other_rank_and_in_the_final_error(demo_root, tmp_path):
-    """Rank 1 sleeps 60 s after step 2, before fetching step 3's batch; with ``stall_warn_s=2`` rank 0
+    """Rank 1 sleeps 20 s after step 2, before fetching step 3's batch; with ``stall_warn_s=2`` rank 0
     names it within seconds, and when rank 0's collective times out (``dist_timeout_s=8``) its error
     names rank 1 too."""
     args = [
@@ -93,7 +93,7 @@ def test_a_rank_stalled_in_its_data_wait_is_named_by_the_other_rank_and_in_the_f
         "data.crop_size=32", "data.train_scale=[32,40]", "data.test_scale=32", "data.batch_size=4",
         "data.num_workers=0", "model.width=4", "optim.name=sgd", "train.device=cpu", "train.test_after_train=false",
         "train.val_every=100", "train.epochs=1", "train.limit_steps_per_epoch=4", "train.stall_warn_s=2",
-        "train.dist_timeout_s=8", "debug.stall_at_step=2", "debug.stall_rank=1", "debug.stall_s=60",
+        "train.dist_timeout_s=8", "debug.stall_at_step=2", "debug.stall_rank=1", "debug.stall_s=20",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -1,6 +1,8 @@
 """Every registered model: its ModelInfo record and the common interface (forward_features,
 forward_head, get_classifier, reset_classifier), checked against torchvision's and pytorchvideo's
 published records."""
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -54,21 +56,30 @@ def _published_rounding(figure: float) -> float:
     return 0.5 * 10**-decimals
 
 
-@pytest.mark.parametrize("name", INTERFACE_NAMES)
-def test_forward_is_forward_head_of_forward_features(name):
+@functools.cache
+def _features_and_logits(name):
+    """``forward_features`` and ``forward`` of :func:`_tiny`'s model on a batch of 2 clips, computed
+    once per model: the tests below share them (a full-size torchvision network takes seconds)."""
     model = _tiny(name)
     x = _clip(name, 2)
     with torch.no_grad():
-        features = model.forward_features(x)
-        logits = model(x)
-        # MViT's features are tokens (N, 1 + T'H'W', C), every other model's (N, C, T', H', W')
-        assert features.dim() == (3 if "mvit" in name else 5) and features.shape[0] == 2
-        assert torch.equal(model.forward_head(features), logits)
+        return model.forward_features(x), model(x)
+
+
+@pytest.mark.parametrize("name", INTERFACE_NAMES)
+def test_forward_is_forward_head_of_forward_features(name):
+    features, logits = _features_and_logits(name)
+    # MViT's features are tokens (N, 1 + T'H'W', C), every other model's (N, C, T', H', W')
+    assert features.dim() == (3 if "mvit" in name else 5) and features.shape[0] == 2
+    with torch.no_grad():
+        assert torch.equal(_tiny(name).forward_head(features), logits)
     assert logits.shape == (2, 5)
 
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)
 def test_get_classifier_is_the_module_named_in_the_record_and_produces_the_logits(name):
+    """The logits are ``forward_head`` of the features (the test above), so the head on the shared
+    features stands for the whole network."""
     model = _tiny(name)
     classifier = model.get_classifier()
     assert isinstance(classifier, nn.Linear)
@@ -77,8 +88,8 @@ def test_get_classifier_is_the_module_named_in_the_record_and_produces_the_logit
     with torch.no_grad():
         classifier.weight.zero_()
         classifier.bias.copy_(bias)
-        logits = model(_clip(name, 3))
-    assert torch.equal(logits, bias.expand(3, 5))
+        logits = model.forward_head(_features_and_logits(name)[0])
+    assert torch.equal(logits, bias.expand(2, 5))
 
 
 @pytest.mark.parametrize("name", INTERFACE_NAMES)
@@ -95,7 +106,7 @@ def test_reset_classifier_changes_the_class_count_and_keeps_the_backbone(name):
     assert {k for k in after if not k.startswith(head)} == {k for k in before if not k.startswith(head)}
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith(head))
     with torch.no_grad():
-        assert model(_clip(name, 2)).shape == (2, 7)
+        assert model.forward_head(_features_and_logits(name)[0]).shape == (2, 7)
 
 
 def test_reset_classifier_keeps_device_and_dtype_and_rejects_a_bad_class_count():
