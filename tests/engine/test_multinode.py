@@ -130,7 +130,8 @@ def test_a_lost_node_ends_the_job_on_the_other(demo_root, tmp_path):
     worker fails its collective (the peer is gone) and its agent ends the job, well before the
     collective timeout (this job's subprocess timeout is shorter than ``train.dist_timeout_s``).
     With the c10d rendezvous either agent may host global rank 1; the test kills the one whose
-    worker has RANK=1."""
+    worker has RANK=1. Before that, a job started on a third "node" in the same run folder is
+    refused by the run lock, which names global rank 0 as its holder."""
     args = [*_small(demo_root, tmp_path), "train.epochs=4", "train.val_every=100", "debug.stall_at_step=2",
             "debug.stall_rank=1", "debug.stall_s=600"]
     assert JOB_TIMEOUT_S < load_config(None, args).train.dist_timeout_s
@@ -144,6 +145,12 @@ def test_a_lost_node_ends_the_job_on_the_other(demo_root, tmp_path):
     second = next(node for node in nodes if any(b"\0RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()
                                                 for pid in workers[node]))
     first = next(node for node in nodes if node is not second)
+    rank0 = next(pid for pid in workers[first] if b"\0RANK=0\0" in Path(f"/proc/{pid}/environ").read_bytes())
+    intruder = subprocess.run([sys.executable, str(TRAIN), *args], env=_env(), capture_output=True, text=True,
+                              timeout=JOB_TIMEOUT_S)
+    assert intruder.returncode != 0
+    assert f"is in use by another job (pid {rank0} on host {socket.gethostname()}, since " in intruder.stdout + \
+        intruder.stderr, intruder.stderr[-3000:]
     _kill_node(second)
     code, out = _wait(first)
     assert code != 0, out[-3000:]
