@@ -9,6 +9,15 @@ import pytest
 from softpool3d.datasets import make_demo_dataset
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (``-n 2``, as CI runs), each test module runs whole in one process, so that
+    its module fixtures (a reference training run, a SLURM cluster) are made once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    return LoadScopeScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo set (8 classes, 6 videos each: 4 train + 2 test, 16 frames of 64x64) in UCF-101 layout."""
