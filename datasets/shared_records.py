@@ -114,7 +114,8 @@ class SharedRecords:
         every row against the digest. Raises :class:`RecordsError` naming the file otherwise."""
         try:
             with open(self.path, "rb") as handle:
-                data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(handle.fileno()).st_size else b""
+                empty = os.fstat(handle.fileno()).st_size == 0  # mmap refuses an empty file
+                data = b"" if empty else mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise self._fail("is missing") from None
         header = self._header(data)

@@ -160,7 +160,8 @@ def startup_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="training steps of each train-part job")
     parser.add_argument("--python", action="append", default=[], metavar="NAME=PATH",
                         help="an interpreter whose softpool3d the train part runs (repeat; default: this one)")
-    parser.add_argument("--output", type=Path, help="run folders and index caches of the train part (default: a temporary folder)")
+    parser.add_argument("--output", type=Path,
+                        help="run folders and index caches of the train part (default: a temporary folder)")
     args = parser.parse_args(argv)
     from softpool3d.benchmarks.startup import run
 

@@ -157,7 +157,8 @@ def predict_seconds(checkpoint: str, video: str, workers: int) -> float:
 
 
 _TRAIN = "import sys; from softpool3d.engine.cli import train_main; sys.exit(train_main())"
-_WARM = "import sys; from softpool3d.datasets import load_annotations as a; [a('custom', sys.argv[1], s) for s in ('train', 'val')]"
+_WARM = ("import sys; from softpool3d.datasets import load_annotations as a; "
+         "[a('custom', sys.argv[1], s) for s in ('train', 'val')]")
 
 
 def write_rows_set(demo: Path, rows: int) -> Path:
@@ -249,13 +250,14 @@ def run_training(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """The benchmark of the command line :func:`softpool3d.benchmarks.cli.startup_main` parsed."""
     if "loader" in args.parts:
-        print(f"| fork server ({args.workers} workers) | to first batch (s) | peak tree RSS (MB) | peak tree PSS (MB) |")
+        print(f"| fork server ({args.workers} workers) | to first batch (s) | peak tree RSS (MB) "
+              "| peak tree PSS (MB) |")
         print("|---|---|---|---|")
         for _ in range(args.repeats):
             for setting in ("late", "early"):
                 result = measure_loader(str(args.root), args.workers, setting)
-                print(f"| {setting} | {result['first_batch_s']:.2f} | {result['rss_mb']:.0f} | {result['pss_mb']:.0f} |",
-                      flush=True)
+                print(f"| {setting} | {result['first_batch_s']:.2f} | {result['rss_mb']:.0f} "
+                      f"| {result['pss_mb']:.0f} |", flush=True)
     if "train" in args.parts:
         run_training(args)
     if "predict" not in args.parts or args.checkpoint is None:

@@ -51,7 +51,8 @@ def _expected_rows(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted({row["label"] for rows in tables.values() for row in rows})
     rows = []
     for row in tables["train"]:
-        path = root / "train" / row["label"] / f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}.mp4"
+        stem = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+        path = root / "train" / row["label"] / f"{stem}.mp4"
         if path.exists():
             rows.append((str(path), classes.index(row["label"])))
     return classes, rows
@@ -64,7 +65,7 @@ def test_mapped_records_give_the_rows_of_the_annotation_list(tmp_path, cache):
 
     annotations = load_annotations("kinetics700", tmp_path / "k", "train")
     assert annotations.records is not None and annotations.records.path.parent == cache
-    assert not annotations.labels.array.flags.writeable and not annotations.videos.names.flags.owndata  # views of the file
+    assert not annotations.labels.array.flags.writeable and not annotations.videos.names.flags.owndata  # file views
     assert annotations.classes == classes
     assert [(str(path), label) for path, label in zip(annotations.videos, annotations.labels)] == expected
     assert annotations.missing == 300 - len(expected)
