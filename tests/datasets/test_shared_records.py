@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from softpool3d.benchmarks.synthetic_layout import write_kinetics_layout
 from softpool3d.datasets import Annotations, ClipDataset, load_annotations, worker_context
 from softpool3d.datasets.builder import shared
-from softpool3d.datasets.shared_records import RecordsError
+from softpool3d.datasets.shared_records import RecordsError, write_records
 
 
 @pytest.fixture
@@ -125,3 +125,12 @@ def test_a_damaged_or_mismatched_records_file_is_an_error_naming_it(tmp_path, ca
         rebuilt = _dataset(1_000, cache)
     assert f"{path} is damaged: its rows do not hash" in caplog.text
     assert rebuilt.records == dataset.records and path.read_bytes() == original
+
+
+def test_a_second_writer_of_the_same_records_keeps_the_first_file(cache):
+    """Ranks that build one split at once write the same records; the file first linked stays (a rank's
+    mapping of it stays the file every later worker opens), and no temporary file is left."""
+    dataset = _dataset(500, cache)
+    path, inode = dataset.records.path, dataset.records.path.stat().st_ino
+    write_records(path, dataset.videos, dataset.labels, dataset.classes, dataset.records.digest)
+    assert path.stat().st_ino == inode and sorted(p.name for p in cache.iterdir()) == [path.name]
