@@ -13,9 +13,9 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 from softpool3d.benchmarks.synthetic_layout import write_kinetics_layout
-from softpool3d.datasets import Annotations, ClipDataset, load_annotations, worker_context
+from softpool3d.datasets import Annotations, ClipDataset, RecordsError, load_annotations, worker_context
 from softpool3d.datasets.builder import shared
-from softpool3d.datasets.shared_records import RecordsError, write_records
+from softpool3d.datasets.shared_records import write_records
 
 
 @pytest.fixture
