@@ -16,6 +16,7 @@ from softpool3d.datasets.shard_dataset import ShardDataset, ShardSet, build_shar
 from softpool3d.datasets.shard_index import ShardIndexError
 from softpool3d.datasets.registry import DATASET_NAMES, SPLITS, DatasetFormat, dataset_format, list_datasets, register_dataset
 from softpool3d.datasets.sampling import NUM_CROPS
+from softpool3d.datasets.shared_records import RecordsError
 from softpool3d.datasets.video_io import OpenVideo, VideoInfo, VideoReadError, read_frames, video_info
 from softpool3d.datasets.workers import freeze_inherited_objects, start_worker_server, worker_context
 
@@ -30,6 +31,7 @@ __all__ = [
     "LabelList",
     "OpenVideo",
     "PathList",
+    "RecordsError",
     "SPLITS",
     "ShardDataset",
     "ShardIndexError",

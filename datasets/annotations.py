@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from softpool3d.datasets.index import LabelList, PathList, VideoIndex, locate
+from softpool3d.datasets.shared_records import SharedRecords
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpeg", ".mpg")
 
@@ -28,7 +29,9 @@ class Annotations:
     ``videos`` and ``labels`` are stored compactly (:class:`PathList`, :class:`LabelList`;
     plain lists are converted). ``missing`` counts the annotated videos left out because their
     file does not exist; ``source`` says where the split comes from (e.g. that it was carved
-    out of the training list).
+    out of the training list). ``records`` is the file that ``videos`` and ``labels`` are mapped
+    from when they are (:func:`~softpool3d.datasets.shared_records.share_records`): a dataset then
+    sends its workers the file's name instead of its rows.
     """
 
     videos: PathList
@@ -36,6 +39,7 @@ class Annotations:
     classes: list[str]
     missing: int = 0
     source: str = ""
+    records: Optional[SharedRecords] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.videos, PathList):

@@ -6,6 +6,7 @@ done here, the same for every format.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -17,8 +18,9 @@ from softpool3d.datasets.annotations import Annotations
 from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.index import VideoIndex
-from softpool3d.datasets.index_cache import cache_file, load_index, save_index
+from softpool3d.datasets.index_cache import cache_dir, cache_file, load_index, save_index
 from softpool3d.datasets.registry import SPLITS, DatasetFormat, dataset_format
+from softpool3d.datasets.shared_records import share_records
 from softpool3d.datasets.val_split import carve_groups
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,20 @@ def read_index(
         except OSError as error:
             logger.warning("cannot write the index cache %s (%s); the next start lists the videos again", path, error)
     return index
+
+
+def shared(annotations: Annotations) -> Annotations:
+    """``annotations`` with its videos and labels mapped from a records file in the cache folder
+    (:mod:`softpool3d.datasets.shared_records`), which every process of the node shares; the same
+    ``annotations`` when the folder cannot be written."""
+    try:
+        records = share_records(annotations.videos, annotations.labels, annotations.classes, cache_dir())
+    except OSError as error:
+        logger.warning("cannot write the dataset records to %s (%s); each DataLoader worker holds its own copy of "
+                       "the %d rows", cache_dir(), error, len(annotations.videos))
+        return annotations
+    videos, labels, classes = records.open()
+    return dataclasses.replace(annotations, videos=videos, labels=labels, classes=classes, records=records)
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
@@ -77,7 +93,9 @@ def load_annotations(
     first paths); with ``missing_list`` all their paths are written there, one a line (and a
     stale list is removed when none is missing). ``cache`` reuses the stored index of the
     annotation list while its files and video folders are unchanged
-    (:mod:`softpool3d.datasets.index_cache`).
+    (:mod:`softpool3d.datasets.index_cache`), and maps the split's videos and labels from a
+    records file beside it (:func:`shared`), so that DataLoader workers share one copy of them;
+    ``cache=False`` reads and writes nothing there.
     """
     dataset = dataset_format(name)
     if split not in SPLITS:
@@ -89,8 +107,9 @@ def load_annotations(
     source, carve = dataset.plan(root, folder, split)
     index = read_index(dataset, root, folder, source, fold, cache)
     listing = f"the {source} list" if source != "all" else f"the single list {folder or root}"
-    return select_split(dataset, index, split, carve, listing, root, val_fraction=val_fraction,
-                        val_seed=val_seed, missing_list=missing_list)
+    selected = select_split(dataset, index, split, carve, listing, root, val_fraction=val_fraction,
+                            val_seed=val_seed, missing_list=missing_list)
+    return shared(selected) if cache else selected
 
 
 def select_split(

@@ -108,8 +108,10 @@ class ClipDataset(Dataset):
     :func:`softpool3d.engine.evaluation.evaluate.evaluate` leaves the video out.
 
     ``videos`` (:class:`PathList`) and ``labels`` (:class:`LabelList`) index like lists but
-    are a few numpy arrays, so forked DataLoader workers share them instead of copying them;
-    ``num_missing`` and ``source`` repeat :class:`Annotations`' (left-out videos, provenance).
+    are a few numpy arrays; ``num_missing``, ``source`` and ``records`` repeat :class:`Annotations`'
+    (left-out videos, provenance, the file the arrays are mapped from). With ``records``, a pickled
+    copy (what a DataLoader worker receives) holds the file's name instead of the rows and maps the
+    file when it first reads them, so every worker of every rank reads the same pages.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class ClipDataset(Dataset):
         self.classes = list(annotations.classes)
         self.num_missing = annotations.missing
         self.source = annotations.source
+        self.records = annotations.records
         self.train = train
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
@@ -166,6 +169,21 @@ class ClipDataset(Dataset):
         else:
             self.transform = TestTransform(crop_size, test_scale, num_crops)
         self._skipped = SkippedFiles()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self.records is not None:
+            del state["videos"], state["labels"]
+        return state
+
+    def __getattr__(self, name: str) -> object:
+        """``videos`` and ``labels`` of a copy unpickled without them: mapped from ``records`` on first
+        use (:class:`~softpool3d.datasets.shared_records.RecordsError` names a missing or damaged file)."""
+        records = self.__dict__.get("records")
+        if name not in ("videos", "labels") or records is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.videos, self.labels, _ = records.open()
+        return self.__dict__[name]
 
     @property
     def num_videos(self) -> int:

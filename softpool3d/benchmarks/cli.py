@@ -153,6 +153,15 @@ def startup_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--video", type=Path, help="the video predicted (default: the first under --root)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", choices=("loader", "train", "predict"), default=["loader", "predict"],
+                        help="what to measure (default: loader predict)")
+    parser.add_argument("--rows", type=int, default=300_000, help="training videos of the train part's set")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="torchrun processes of the train part")
+    parser.add_argument("--steps", type=int, default=2, help="training steps of each train-part job")
+    parser.add_argument("--python", action="append", default=[], metavar="NAME=PATH",
+                        help="an interpreter whose softpool3d the train part runs (repeat; default: this one)")
+    parser.add_argument("--output", type=Path,
+                        help="run folders and index caches of the train part (default: a temporary folder)")
     args = parser.parse_args(argv)
     from softpool3d.benchmarks.startup import run
 
