@@ -24,6 +24,7 @@ from softpool3d.datasets.device_decode import JpegClip
 from softpool3d.datasets.registry import dataset_format
 from softpool3d.datasets.shard_index import INDEX_NAME, ShardIndex, ShardIndexError, decode_index
 from softpool3d.datasets.shard_source import ShardReadError, ShardSource, open_source
+from softpool3d.datasets.transforms import TrainTransform
 from softpool3d.datasets.video_io import VideoInfo
 
 PathLike = Union[str, Path]
@@ -97,13 +98,14 @@ class ShardVideo:
                                                 [(int(index.offset[m]), int(index.size[m])) for m in unique])
         by_member = dict(zip(unique, blocks))
         for member in unique:
-            if not by_member[member].startswith(_JPEG_START):
+            if by_member[member][:2] != _JPEG_START:
                 raise ShardIndexError(f"{self.shards.source.where(index.shards[self.shard])} does not match its index: "
                                       f"no JPEG at byte {int(index.offset[member])} (frame of {self.path})")
-        return [torch.frombuffer(bytearray(by_member[m]), dtype=torch.uint8) for m in members]
+        return [torch.frombuffer(by_member[m], dtype=torch.uint8) for m in members]
 
-    def frames(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed)."""
+    def frame_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The uint8 ``(H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed), one
+        tensor a frame: decode_jpeg's own buffers, uncopied."""
         data = self.jpegs(indices)
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB)
@@ -111,7 +113,11 @@ class ShardVideo:
             raise ShardReadError(f"cannot decode the JPEG frames {list(indices)} of {self.path}: {error}") from None
         # decode_jpeg's (3, H, W) is a view of an (H, W, 3) buffer: stacking those buffers is one plain copy
         # (stacking the (3, H, W) views gathers every byte, 9x slower at 182x428)
-        return torch.stack([frame.permute(1, 2, 0) for frame in decoded])
+        return [frame.permute(1, 2, 0) for frame in decoded]
+
+    def frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed)."""
+        return torch.stack(self.frame_list(indices))
 
 
 class ShardDataset(ClipDataset):
@@ -139,6 +145,12 @@ class ShardDataset(ClipDataset):
 
     def open_video(self, video_index: int) -> ShardVideo:
         return ShardVideo(self.shards, int(self.entries[video_index]))
+
+    def train_frames(self, video: ShardVideo, indices: Sequence[int]) -> torch.Tensor | list[torch.Tensor]:
+        """The decoded frames as a list when the transform is :class:`TrainTransform`, which cuts its crop out
+        of each frame (the whole frames are never copied into one tensor); stacked ``(T, H, W, 3)`` for a
+        transform given to the dataset, as :class:`ClipDataset` documents."""
+        return video.frame_list(indices) if isinstance(self.transform, TrainTransform) else video.frames(indices)
 
     def _train_clips(self, video: ShardVideo, index: int) -> torch.Tensor | JpegClip:
         if not self.decode_on_device:

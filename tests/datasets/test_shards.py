@@ -25,7 +25,7 @@ from softpool3d.datasets.device_decode import on_device as on_device_batch
 from softpool3d.datasets.prepare_shards import prepare_shards
 from softpool3d.datasets.sampling import random_clip, uniform_clips
 from softpool3d.datasets.shard_dataset import ShardSet, ShardVideo
-from softpool3d.datasets.shard_source import ShardSourceError
+from softpool3d.datasets.shard_source import ShardReadError, ShardSourceError, open_source
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 CLIPS = dict(num_frames=4, sampling_rate=2, crop_size=32, train_scale=(32, 40), test_scale=32, seed=5)
@@ -252,3 +252,37 @@ def test_nvjpeg_decoding_matches_the_workers_clips_within_jpeg_tolerance(shards)
     expected = torch.stack([in_workers[i][0] for i in range(8)])
     assert decoded.is_cuda and decoded.shape == expected.shape
     assert (decoded.cpu().float() - expected.float()).abs().mean() < 2.0
+
+
+def test_ranges_read_from_disk_and_over_http_are_the_shard_bytes(shards):
+    """Ranges out of order, repeated, adjacent and far apart: each is its slice of the file, from a local
+    folder (one read a range) as over HTTP (ranges close together merged into one Range request)."""
+    name = ShardSet(shards).index.shards[0]
+    data = (shards / name).read_bytes()
+    ranges = [(5000, 300), (0, 10), (len(data) - 7, 7), (5000, 300), (10, 20), (len(data) // 2, 1)]
+    expected = [data[offset : offset + size] for offset, size in ranges]
+    assert [bytes(block) for block in open_source(shards).read_ranges(name, ranges)] == expected
+    with serve_folder(shards) as url:
+        assert [bytes(block) for block in open_source(url).read_ranges(name, ranges)] == expected
+    with pytest.raises(ShardReadError, match=f"{name} is truncated: bytes {len(data) - 2}-{len(data) + 1} asked for, 2 read"):
+        open_source(shards).read_ranges(name, [(0, 4), (len(data) - 2, 4)])
+
+
+def test_train_transform_cuts_the_decoded_frames_and_a_given_transform_gets_their_stack(shards):
+    """TrainTransform is handed decode_jpeg's frames one tensor each (it cuts its crop from each); a transform
+    given to the dataset gets them stacked (T, H, W, 3), as ClipDataset documents; the clips are the same."""
+    seen = []
+
+    def given(frames, generator):
+        seen.append(frames)
+        return dataset.transform(frames, generator)
+
+    dataset = build_shard_dataset("ucf101", shards, "train", train=True, **CLIPS)
+    custom = build_shard_dataset("ucf101", shards, "train", train=True, transform=given, **CLIPS)
+    video = dataset.open_video(0)
+    frames = dataset.train_frames(video, [0, 2, 2, 4])
+    assert isinstance(frames, list) and len(frames) == 4 and frames[0].shape[-1] == 3
+    assert torch.equal(torch.stack(frames), video.frames([0, 2, 2, 4]))
+    for index in range(3):
+        assert torch.equal(custom[index][0], dataset[index][0])
+    assert all(isinstance(frames, torch.Tensor) and frames.shape[0] == 4 and frames.shape[-1] == 3 for frames in seen)
