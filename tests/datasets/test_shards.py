@@ -1,8 +1,10 @@
 """Frame shards (tools/prepare_videos.py --format shards, ShardDataset): frames equal PyAV's within JPEG
 tolerance, the same clips, labels and splits as the videos, tar/webdataset member names, resumable
 preparation with bad videos listed, reading over HTTP Range requests, and clear errors naming the file."""
+import dataclasses
 import io
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -286,3 +288,32 @@ def test_train_transform_cuts_the_decoded_frames_and_a_given_transform_gets_thei
     for index in range(3):
         assert torch.equal(custom[index][0], dataset[index][0])
     assert all(isinstance(frames, torch.Tensor) and frames.shape[0] == 4 and frames.shape[-1] == 3 for frames in seen)
+
+
+def test_a_worker_maps_the_frame_arrays_of_a_local_index_instead_of_receiving_them(shards, tmp_path):
+    """A local shard set's frame arrays are mapped from index.npz, in the process that opens it and in each
+    worker it is pickled to: the pickle leaves them out (it is smaller by their bytes), the worker's arrays
+    equal the file's as numpy reads them; over HTTP the arrays travel in the pickle. An index rewritten
+    between the two is refused, naming the file."""
+    stored = np.load(shards / "index.npz")
+    shard_set = ShardSet(shards)
+    in_memory = dataclasses.replace(shard_set.index, offset=np.array(stored["offset"]), size=np.array(stored["size"]))
+    assert isinstance(shard_set.index.offset, np.memmap)
+    frame_bytes = stored["offset"].nbytes + stored["size"].nbytes
+    assert len(pickle.dumps(in_memory)) - len(pickle.dumps(shard_set)) > frame_bytes - 512
+    worker = pickle.loads(pickle.dumps(shard_set))
+    for name in ("offset", "size"):
+        assert isinstance(getattr(worker.index, name), np.memmap)
+        assert np.array_equal(getattr(worker.index, name), stored[name]) and len(stored[name]) == 768
+    with serve_folder(shards) as url:
+        remote = pickle.loads(pickle.dumps(ShardSet(url)))
+        assert not isinstance(remote.index.offset, np.memmap) and np.array_equal(remote.index.offset, stored["offset"])
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    blob = pickle.dumps(ShardSet(copy))
+    fewer = dict(np.load(copy / "index.npz"))
+    fewer["offset"], fewer["size"] = fewer["offset"][:5], fewer["size"][:5]
+    with open(copy / "index.npz", "wb") as handle:
+        np.savez(handle, **fewer)
+    with pytest.raises(ShardIndexError, match=f"{copy}/index.npz was rewritten since the shard set was opened: 5 frames, it had 768"):
+        pickle.loads(blob)
