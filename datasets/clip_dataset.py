@@ -216,6 +216,10 @@ class ClipDataset(Dataset):
         indices = self.train_sampler(video.info.num_frames, self.num_frames, rate, generators[0])
         return generators, _checked(indices, self.num_frames, "train_sampler")
 
+    def train_frames(self, video: OpenVideo, indices: Sequence[int]) -> torch.Tensor:
+        """The frames a training clip's transform is given: uint8 ``(T, H, W, 3)`` at ``indices``."""
+        return video.frames(indices)
+
     def _train_clips(self, video: OpenVideo, index: int) -> torch.Tensor:
         """``repeat_aug`` clips of ``video`` for item ``index``: ``(C, T, H, W)``, or ``(k, C, T, H, W)`` for k > 1.
 
@@ -223,7 +227,7 @@ class ClipDataset(Dataset):
         draws its own scale, crop and flip from generator ``r``.
         """
         generators, indices = self.train_draw(video, index)
-        frames = video.frames(indices)
+        frames = self.train_frames(video, indices)
         views = [self.transform(frames, generator) for generator in generators]
         return views[0] if self.repeat_aug == 1 else torch.stack(views)
 

@@ -9,6 +9,7 @@ clips as on videos (with frame step 1) and resumes bit for bit the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -22,8 +23,9 @@ from softpool3d.datasets.builder import select_split
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.device_decode import JpegClip
 from softpool3d.datasets.registry import dataset_format
-from softpool3d.datasets.shard_index import INDEX_NAME, ShardIndex, ShardIndexError, decode_index
-from softpool3d.datasets.shard_source import ShardReadError, ShardSource, open_source
+from softpool3d.datasets.shard_index import FRAME_ARRAYS, INDEX_NAME, ShardIndex, ShardIndexError, decode_index, map_arrays
+from softpool3d.datasets.shard_source import LocalSource, ShardReadError, ShardSource, open_source
+from softpool3d.datasets.transforms import TrainTransform
 from softpool3d.datasets.video_io import VideoInfo
 
 PathLike = Union[str, Path]
@@ -34,7 +36,12 @@ _JPEG_START = b"\xff\xd8"
 class ShardSet:
     """A shard set opened at ``location`` (a folder, or an ``http(s)://`` or fsspec URL): its
     :class:`ShardIndex` and the source its bytes are read from. Each shard's size is checked against
-    the index the first time a process reads it."""
+    the index the first time a process reads it.
+
+    In a local folder the index's frame arrays (a byte offset and a size a stored frame: about 1.8 GB
+    for Kinetics-700 at k=1) are memory-mapped from ``index.npz``, and a DataLoader worker is sent the
+    rest of the index and maps them itself, so the processes of a node share one copy in the page cache.
+    From a URL each process holds its own copy."""
 
     def __init__(self, location: PathLike) -> None:
         self.location = os.fspath(location)
@@ -46,7 +53,18 @@ class ShardSet:
             raise ShardIndexError(f"no shard index {where}: write one with tools/prepare_videos.py SRC DST "
                                   f"--format shards --dataset NAME") from None
         self.index: ShardIndex = decode_index(data, where)
+        if isinstance(self.source, LocalSource):
+            self.index = dataclasses.replace(self.index, **self._mapped_frames(len(self.index.offset)))
         self._checked: set[int] = set()
+
+    def _mapped_frames(self, frames: int) -> dict[str, np.ndarray]:
+        """The frame arrays mapped from the local index file, which must still hold ``frames`` frames."""
+        where = self.source.where(INDEX_NAME)
+        mapped = map_arrays(where, FRAME_ARRAYS)
+        if any(len(array) != frames for array in mapped.values()):
+            raise ShardIndexError(f"{where} was rewritten since the shard set was opened: "
+                                  f"{len(mapped['offset'])} frames, it had {frames}")
+        return mapped
 
     def check_shard(self, shard: int) -> None:
         """Raise :class:`ShardIndexError` unless shard ``shard`` has the size the index records."""
@@ -66,11 +84,17 @@ class ShardSet:
         self._checked.add(shard)
 
     def __getstate__(self) -> dict:
-        return {"location": self.location, "source": self.source, "index": self.index}
+        if not isinstance(self.source, LocalSource):
+            return {"location": self.location, "source": self.source, "index": self.index, "frames": None}
+        return {"location": self.location, "source": self.source, "frames": len(self.index.offset),
+                "index": dataclasses.replace(self.index, **dict.fromkeys(FRAME_ARRAYS, np.zeros(0, np.int64)))}
 
     def __setstate__(self, state: dict) -> None:
+        frames = state.pop("frames")
         self.__dict__.update(state)
         self._checked = set()
+        if frames is not None:
+            self.index = dataclasses.replace(self.index, **self._mapped_frames(frames))
 
 
 class ShardVideo:
@@ -97,13 +121,14 @@ class ShardVideo:
                                                 [(int(index.offset[m]), int(index.size[m])) for m in unique])
         by_member = dict(zip(unique, blocks))
         for member in unique:
-            if not by_member[member].startswith(_JPEG_START):
+            if by_member[member][:2] != _JPEG_START:
                 raise ShardIndexError(f"{self.shards.source.where(index.shards[self.shard])} does not match its index: "
                                       f"no JPEG at byte {int(index.offset[member])} (frame of {self.path})")
-        return [torch.frombuffer(bytearray(by_member[m]), dtype=torch.uint8) for m in members]
+        return [torch.frombuffer(by_member[m], dtype=torch.uint8) for m in members]
 
-    def frames(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 ``(T, H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed)."""
+    def frame_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The uint8 ``(H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed), one
+        tensor a frame: decode_jpeg's own buffers, uncopied."""
         data = self.jpegs(indices)
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB)
@@ -111,7 +136,11 @@ class ShardVideo:
             raise ShardReadError(f"cannot decode the JPEG frames {list(indices)} of {self.path}: {error}") from None
         # decode_jpeg's (3, H, W) is a view of an (H, W, 3) buffer: stacking those buffers is one plain copy
         # (stacking the (3, H, W) views gathers every byte, 9x slower at 182x428)
-        return torch.stack([frame.permute(1, 2, 0) for frame in decoded])
+        return [frame.permute(1, 2, 0) for frame in decoded]
+
+    def frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed)."""
+        return torch.stack(self.frame_list(indices))
 
 
 class ShardDataset(ClipDataset):
@@ -139,6 +168,12 @@ class ShardDataset(ClipDataset):
 
     def open_video(self, video_index: int) -> ShardVideo:
         return ShardVideo(self.shards, int(self.entries[video_index]))
+
+    def train_frames(self, video: ShardVideo, indices: Sequence[int]) -> torch.Tensor | list[torch.Tensor]:
+        """The decoded frames as a list when the transform is :class:`TrainTransform`, which cuts its crop out
+        of each frame (the whole frames are never copied into one tensor); stacked ``(T, H, W, 3)`` for a
+        transform given to the dataset, as :class:`ClipDataset` documents."""
+        return video.frame_list(indices) if isinstance(self.transform, TrainTransform) else video.frames(indices)
 
     def _train_clips(self, video: ShardVideo, index: int) -> torch.Tensor | JpegClip:
         if not self.decode_on_device:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -91,14 +92,15 @@ class ShardIndex:
 
 
 _VIDEO_ARRAYS = ("paths", "shard", "num_frames", "fps", "step", "height", "width", "first", "count")
-_FRAME_ARRAYS = ("offset", "size")
+FRAME_ARRAYS = ("offset", "size")
+"""The arrays with one entry a stored frame: all but a few bytes of a large index."""
 
 
 def encode_index(index: ShardIndex) -> bytes:
     """``index`` as the bytes of an ``.npz`` file."""
     header = {"version": FORMAT_VERSION, "shards": index.shards, "shard_sizes": index.shard_sizes, "meta": index.meta,
               "plans": index.plans, "lists": {}}
-    arrays = {name: getattr(index, name) for name in _VIDEO_ARRAYS + _FRAME_ARRAYS}
+    arrays = {name: getattr(index, name) for name in _VIDEO_ARRAYS + FRAME_ARRAYS}
     for number, (key, listing) in enumerate(sorted(index.lists.items())):
         header["lists"][key] = {"number": number, "classes": listing.classes, "files": listing.files}
         arrays[f"list{number}_paths"] = listing.videos.joined()
@@ -126,11 +128,33 @@ def decode_index(data: bytes, where: str) -> ShardIndex:
         lists[key] = VideoIndex(PathList.from_paths(p.decode("utf-8", "surrogateescape") for p in arrays[f"list{number}_paths"]),
                                 arrays[f"list{number}_labels"], arrays[f"list{number}_present"], entry["classes"],
                                 entry["files"])
-    missing = [name for name in _VIDEO_ARRAYS + _FRAME_ARRAYS if name not in arrays]
+    missing = [name for name in _VIDEO_ARRAYS + FRAME_ARRAYS if name not in arrays]
     if missing:
         raise ShardIndexError(f"{where} lacks the arrays {missing}")
-    return ShardIndex(**{name: arrays[name] for name in _VIDEO_ARRAYS + _FRAME_ARRAYS}, shards=header["shards"],
+    return ShardIndex(**{name: arrays[name] for name in _VIDEO_ARRAYS + FRAME_ARRAYS}, shards=header["shards"],
                       shard_sizes=header["shard_sizes"], meta=header["meta"], lists=lists, plans=header["plans"])
+
+
+def map_arrays(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Arrays ``names`` of the index file at ``path``, memory-mapped read-only instead of read: ``np.savez``
+    stores each array uncompressed, an ``.npy`` file inside the zip, so its data lies at a fixed offset of
+    the file. Processes that map the same file share its pages (the page cache) instead of each holding
+    a copy."""
+    mapped = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for name in names:
+            member = archive.getinfo(f"{name}.npy")
+            if member.compress_type != zipfile.ZIP_STORED:
+                raise ShardIndexError(f"{path}: {name} is compressed, it cannot be mapped")
+            handle.seek(member.header_offset + 26)  # the local header: 30 bytes, the member's name, its extra field
+            name_length, extra_length = struct.unpack("<HH", handle.read(4))
+            handle.seek(member.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(handle)
+            mapped[name] = np.memmap(handle.name, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
+                                     order="F" if fortran_order else "C")
+    return mapped
 
 
 def relative_key(relative: str | Path) -> str:

@@ -44,8 +44,8 @@ def _merged(ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int,
 class ShardSource:
     """Bytes of the files under one location; subclasses implement :meth:`read_file`, :meth:`read_at` and :meth:`size`.
 
-    ``merge_gap``: ranges at most this many bytes apart are read in one request (reading the gap costs
-    less than another request: a system call from the page cache, a round trip over the network)."""
+    ``merge_gap``: ranges at most this many bytes apart are read in one request (where reading the gap costs
+    less than another request: a round trip over the network)."""
 
     merge_gap = 256 * 1024
 
@@ -66,22 +66,27 @@ class ShardSource:
     def size(self, name: str) -> int:
         raise NotImplementedError
 
-    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``(offset, size)`` range of ``name``, in the order given."""
-        out: list[bytes] = [b""] * len(ranges)
+    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytearray]:
+        """The bytes of each ``(offset, size)`` range of ``name``, in the order given (writable buffers, which
+        ``torch.frombuffer`` wraps without a copy)."""
+        out = [bytearray()] * len(ranges)
         for start, end, members in _merged(ranges, self.merge_gap):
-            block = self.read_at(name, start, end)
+            block = memoryview(self.read_at(name, start, end))
             if len(block) != end - start:
-                raise ShardReadError(f"{self.where(name)} is truncated: bytes {start}-{end - 1} asked for, "
-                                     f"{len(block)} read")
+                raise self._truncated(name, start, end, len(block))
             for i in members:
                 offset, size = ranges[i]
-                out[i] = block[offset - start : offset - start + size]
+                out[i] = bytearray(block[offset - start : offset - start + size])
         return out
+
+    def _truncated(self, name: str, start: int, end: int, got: int) -> ShardReadError:
+        return ShardReadError(f"{self.where(name)} is truncated: bytes {start}-{end - 1} asked for, {got} read")
 
 
 class LocalSource(ShardSource):
-    """Files under a local folder, read with ``os.pread`` on descriptors opened once per process."""
+    """Files under a local folder, read with ``os.preadv`` on descriptors opened once per process. Each range
+    is its own read, straight into its buffer: from the page cache a system call costs less than copying
+    the frames between a clip's frames (a 13-frame X3D-S clip at k=1 spans 6x its own bytes)."""
 
     def __init__(self, location: str) -> None:
         super().__init__(location)
@@ -101,6 +106,16 @@ class LocalSource(ShardSource):
 
     def read_at(self, name: str, start: int, end: int) -> bytes:
         return os.pread(self._descriptor(name), end - start, start)
+
+    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytearray]:
+        descriptor, out = self._descriptor(name), []
+        for offset, size in ranges:
+            buffer = bytearray(size)
+            got = os.preadv(descriptor, [buffer], offset)
+            if got != size:
+                raise self._truncated(name, offset, offset + size, got)
+            out.append(buffer)
+        return out
 
     def size(self, name: str) -> int:
         return os.stat(self.where(name)).st_size

@@ -1,8 +1,10 @@
 """Frame shards (tools/prepare_videos.py --format shards, ShardDataset): frames equal PyAV's within JPEG
 tolerance, the same clips, labels and splits as the videos, tar/webdataset member names, resumable
 preparation with bad videos listed, reading over HTTP Range requests, and clear errors naming the file."""
+import dataclasses
 import io
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -25,7 +27,7 @@ from softpool3d.datasets.device_decode import on_device as on_device_batch
 from softpool3d.datasets.prepare_shards import prepare_shards
 from softpool3d.datasets.sampling import random_clip, uniform_clips
 from softpool3d.datasets.shard_dataset import ShardSet, ShardVideo
-from softpool3d.datasets.shard_source import ShardSourceError
+from softpool3d.datasets.shard_source import ShardReadError, ShardSourceError, open_source
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 CLIPS = dict(num_frames=4, sampling_rate=2, crop_size=32, train_scale=(32, 40), test_scale=32, seed=5)
@@ -252,3 +254,66 @@ def test_nvjpeg_decoding_matches_the_workers_clips_within_jpeg_tolerance(shards)
     expected = torch.stack([in_workers[i][0] for i in range(8)])
     assert decoded.is_cuda and decoded.shape == expected.shape
     assert (decoded.cpu().float() - expected.float()).abs().mean() < 2.0
+
+
+def test_ranges_read_from_disk_and_over_http_are_the_shard_bytes(shards):
+    """Ranges out of order, repeated, adjacent and far apart: each is its slice of the file, from a local
+    folder (one read a range) as over HTTP (ranges close together merged into one Range request)."""
+    name = ShardSet(shards).index.shards[0]
+    data = (shards / name).read_bytes()
+    ranges = [(5000, 300), (0, 10), (len(data) - 7, 7), (5000, 300), (10, 20), (len(data) // 2, 1)]
+    expected = [data[offset : offset + size] for offset, size in ranges]
+    assert [bytes(block) for block in open_source(shards).read_ranges(name, ranges)] == expected
+    with serve_folder(shards) as url:
+        assert [bytes(block) for block in open_source(url).read_ranges(name, ranges)] == expected
+    with pytest.raises(ShardReadError, match=f"{name} is truncated: bytes {len(data) - 2}-{len(data) + 1} asked for, 2 read"):
+        open_source(shards).read_ranges(name, [(0, 4), (len(data) - 2, 4)])
+
+
+def test_train_transform_cuts_the_decoded_frames_and_a_given_transform_gets_their_stack(shards):
+    """TrainTransform is handed decode_jpeg's frames one tensor each (it cuts its crop from each); a transform
+    given to the dataset gets them stacked (T, H, W, 3), as ClipDataset documents; the clips are the same."""
+    seen = []
+
+    def given(frames, generator):
+        seen.append(frames)
+        return dataset.transform(frames, generator)
+
+    dataset = build_shard_dataset("ucf101", shards, "train", train=True, **CLIPS)
+    custom = build_shard_dataset("ucf101", shards, "train", train=True, transform=given, **CLIPS)
+    video = dataset.open_video(0)
+    frames = dataset.train_frames(video, [0, 2, 2, 4])
+    assert isinstance(frames, list) and len(frames) == 4 and frames[0].shape[-1] == 3
+    assert torch.equal(torch.stack(frames), video.frames([0, 2, 2, 4]))
+    for index in range(3):
+        assert torch.equal(custom[index][0], dataset[index][0])
+    assert all(isinstance(frames, torch.Tensor) and frames.shape[0] == 4 and frames.shape[-1] == 3 for frames in seen)
+
+
+def test_a_worker_maps_the_frame_arrays_of_a_local_index_instead_of_receiving_them(shards, tmp_path):
+    """A local shard set's frame arrays are mapped from index.npz, in the process that opens it and in each
+    worker it is pickled to: the pickle leaves them out (it is smaller by their bytes), the worker's arrays
+    equal the file's as numpy reads them; over HTTP the arrays travel in the pickle. An index rewritten
+    between the two is refused, naming the file."""
+    stored = np.load(shards / "index.npz")
+    shard_set = ShardSet(shards)
+    in_memory = dataclasses.replace(shard_set.index, offset=np.array(stored["offset"]), size=np.array(stored["size"]))
+    assert isinstance(shard_set.index.offset, np.memmap)
+    frame_bytes = stored["offset"].nbytes + stored["size"].nbytes
+    assert len(pickle.dumps(in_memory)) - len(pickle.dumps(shard_set)) > frame_bytes - 512
+    worker = pickle.loads(pickle.dumps(shard_set))
+    for name in ("offset", "size"):
+        assert isinstance(getattr(worker.index, name), np.memmap)
+        assert np.array_equal(getattr(worker.index, name), stored[name]) and len(stored[name]) == 768
+    with serve_folder(shards) as url:
+        remote = pickle.loads(pickle.dumps(ShardSet(url)))
+        assert not isinstance(remote.index.offset, np.memmap) and np.array_equal(remote.index.offset, stored["offset"])
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    blob = pickle.dumps(ShardSet(copy))
+    fewer = dict(np.load(copy / "index.npz"))
+    fewer["offset"], fewer["size"] = fewer["offset"][:5], fewer["size"][:5]
+    with open(copy / "index.npz", "wb") as handle:
+        np.savez(handle, **fewer)
+    with pytest.raises(ShardIndexError, match=f"{copy}/index.npz was rewritten since the shard set was opened: 5 frames, it had 768"):
+        pickle.loads(blob)
