@@ -102,10 +102,10 @@ class SharedRecords:
             raise self._fail(f"does not match this dataset: it holds {header.get('count')} rows of digest "
                              f"{str(header.get('digest'))[:12]}, the dataset was built with {self.count} rows of "
                              f"digest {self.digest[:12]}")
-        expected = _layout(self.count, header["name_width"], header_size)["size"]
-        if len(data) != expected:
-            raise self._fail(f"is damaged: {len(data)} bytes, its header describes {expected}")
-        return {**header, **_layout(self.count, header["name_width"], header_size)}
+        layout = _layout(self.count, header["name_width"], header_size)
+        if len(data) != layout["size"]:
+            raise self._fail(f"is damaged: {len(data)} bytes, its header describes {layout['size']}")
+        return {**header, **layout}
 
     def open(self, verify: bool = False) -> tuple[PathList, LabelList, list[str]]:
         """Map the file read-only: its paths, labels and classes, views of the page cache.

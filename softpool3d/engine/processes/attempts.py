@@ -41,15 +41,17 @@ def agree_on_attempt(store: dist.Store, rank: int, world_size: int, timeout: tim
     deadline = time.monotonic() + timeout.total_seconds()
     if rank == 0:
         attempt = store.add(_PREFIX + "count", 1) - 1
-        pending = set(range(1, world_size))
-        while pending:
+        pending, answered = set(range(1, world_size)), {}
+        while True:
             for peer in sorted(pending):
                 if _read(store, f"confirm/{peer}") == str(attempt):
                     pending.discard(peer)
-                elif (nonce := _read(store, f"hello/{peer}")) is not None:
+                elif (nonce := _read(store, f"hello/{peer}")) is not None and answered.get(peer) != nonce:
                     store.set(_PREFIX + f"answer/{peer}", f"{nonce} {attempt}")
+                    answered[peer] = nonce
+            if not pending:
+                return attempt
             _wait_or_fail(deadline, pending, attempt)
-        return attempt
     nonce = uuid.uuid4().hex
     store.set(_PREFIX + f"hello/{rank}", nonce)
     while True:
