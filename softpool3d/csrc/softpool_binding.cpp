@@ -12,7 +12,10 @@
 // what the per-index launch does (x, y and grad may be meta tensors). thread_coords and divide32 expose the index mapping and
 // the fast division to tests.
 // Device dispatch happens here; the autograd and torch.library registration live in ops.py.
-#include <torch/extension.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <limits>

@@ -2,7 +2,7 @@
 // allocated in memory format fmt.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 
