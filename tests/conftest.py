@@ -1,9 +1,13 @@
 """Shared fixtures: a demo video set generated once per test session."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import build_race
 import pytest
 
 from softpool3d.datasets import make_demo_dataset
@@ -16,6 +20,45 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     return LoadScopeScheduling(config, log)
+
+
+def _selects_the_build_race_test(config: pytest.Config) -> bool:
+    """Whether the session runs tests/op/test_extension.py's build race: its arguments name that file
+    or a folder above it, and no ``-m`` or ``-k`` narrows them."""
+    if config.option.markexpr or config.option.keyword:
+        return False
+    target = (config.rootpath / "tests" / "op" / "test_extension.py").resolve()
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if path == target or path in target.parents:
+            return True
+    return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """When the extension cache lacks the CPU build (a fresh machine, as in CI), the build every kernel
+    test needs is started here, before the tests (and pytest-xdist's workers), as the race of two
+    building processes that tests/op/test_extension.py checks: one build serves both (see build_race)."""
+    config = session.config
+    if (hasattr(config, "workerinput") or os.environ.get("SOFTPOOL3D_DISABLE_EXTENSION") == "1"
+            or not _selects_the_build_race_test(config)):
+        return
+    from torch.utils import cpp_extension
+
+    from softpool3d import extension
+
+    name = extension.build_name(with_cuda=False)
+    directory = Path(cpp_extension._get_build_directory(name, False))
+    if (directory / f"{name}.so").exists():
+        return
+    results = Path(tempfile.mkdtemp(prefix="softpool3d-build-race-"))
+    build_race.start(directory.parent, results)
+    os.environ[build_race.RESULTS_ENV] = str(results)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput") and build_race.RESULTS_ENV in os.environ:
+        shutil.rmtree(os.environ.pop(build_race.RESULTS_ENV), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
