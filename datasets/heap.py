@@ -3,8 +3,8 @@
 A clip decoded from JPEG frames allocates a few MB in buffers of 0.1-1 MB (13 decoded X3D-S frames of
 182x428 are 3 MB) and frees them when the clip is done. glibc's malloc gives such buffers their own
 ``mmap`` or returns the top of its heap to the kernel once more than twice its mmap threshold is free,
-so every clip touches fresh pages: about 230 page faults a clip, 1 ms of a 10 ms clip on this project's
-machine (a virtual machine, where a page fault costs the most). With the thresholds raised the next clip
+so every clip touches fresh pages: about 370 page faults an X3D-S clip, 1.7-2.5 ms of a 10-12 ms clip on this
+project's machine (a virtual machine, where a page fault costs the most). With the thresholds raised the next clip
 reuses the same pages (BENCHMARKS.md, "Frame shards: keeping freed memory").
 """
 from __future__ import annotations

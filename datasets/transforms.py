@@ -42,8 +42,8 @@ def _resized(video: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``(T, C, h, w)`` -> ``(T, C, size, size)``, bilinear with antialiasing: ``TF.resize``'s result.
 
     On the CPU this is the call TF.resize makes for uint8 (``interpolate``, whose AVX2 kernel resizes
-    channels-last uint8 as it is), made directly: TF.resize's dispatch and checks cost a tenth of what
-    the resize itself does at 13x160x160. Elsewhere (CUDA has no uint8 kernel) TF.resize itself.
+    channels-last uint8 as it is), made directly, without TF.resize's dispatch and checks
+    on every clip. Elsewhere (CUDA has no uint8 kernel) TF.resize itself.
     """
     if tuple(video.shape[-2:]) == (size, size):
         return video
