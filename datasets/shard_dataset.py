@@ -22,6 +22,7 @@ from softpool3d.datasets.annotations import Annotations
 from softpool3d.datasets.builder import select_split
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.device_decode import JpegClip
+from softpool3d.datasets.heap import keep_freed_memory
 from softpool3d.datasets.registry import dataset_format
 from softpool3d.datasets.shard_index import FRAME_ARRAYS, INDEX_NAME, ShardIndex, ShardIndexError, decode_index, map_arrays
 from softpool3d.datasets.shard_source import LocalSource, ShardReadError, ShardSource, open_source
@@ -128,7 +129,9 @@ class ShardVideo:
 
     def frame_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The uint8 ``(H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed), one
-        tensor a frame: decode_jpeg's own buffers, uncopied."""
+        tensor a frame: decode_jpeg's own buffers, uncopied. The first call in a process keeps its freed memory
+        from then on (:func:`~softpool3d.datasets.heap.keep_freed_memory`): a clip's buffers are the last clip's pages."""
+        keep_freed_memory()
         data = self.jpegs(indices)
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.nn.functional import interpolate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -35,6 +36,20 @@ def _to_clip(video: torch.Tensor, flip: bool = False) -> torch.Tensor:
         return (clip.flip(-1) if flip else clip).contiguous()
     array = clip.numpy()
     return torch.from_numpy(np.ascontiguousarray(array[..., ::-1] if flip else array))
+
+
+def _resized(video: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(T, C, h, w)`` -> ``(T, C, size, size)``, bilinear with antialiasing: ``TF.resize``'s result.
+
+    On the CPU this is the call TF.resize makes for uint8 (``interpolate``, whose AVX2 kernel resizes
+    channels-last uint8 as it is), made directly, without TF.resize's dispatch and checks
+    on every clip. Elsewhere (CUDA has no uint8 kernel) TF.resize itself.
+    """
+    if tuple(video.shape[-2:]) == (size, size):
+        return video
+    if video.device.type == "cpu" and video.dtype == torch.uint8:
+        return interpolate(video, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
+    return TF.resize(video, [size, size], antialias=True)
 
 
 class TrainTransform:
@@ -77,9 +92,10 @@ class TrainTransform:
             cut = frames[:, rows, columns]
         else:
             cut = torch.stack([frame[rows, columns] for frame in frames])
-        video = TF.resize(_to_video(cut), [self.crop_size, self.crop_size], antialias=True)
+        video = _resized(cut.permute(0, 3, 1, 2), self.crop_size)
         flip = bool(self.hflip and randint(2, generator))
         if self.rand_augment.num_ops:  # RandAugment's shears and translations see the mirrored frames
+            video = tv_tensors.Video(video)
             video = self.rand_augment(TF.horizontal_flip(video) if flip else video, generator)
             flip = False
         return _to_clip(video, flip)
