@@ -10,6 +10,7 @@ reuses the same pages (BENCHMARKS.md, "Frame shards: keeping freed memory").
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 # mallopt's parameter numbers (glibc's malloc.h)
@@ -21,9 +22,8 @@ MMAP_THRESHOLD = 16 * 1024 * 1024
 TRIM_THRESHOLD = 64 * 1024 * 1024
 TOP_PAD = 16 * 1024 * 1024
 
-_kept = False
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's malloc thresholds in this process, once: buffers up to 16 MB come from the heap (not a
     ``mmap`` each), the heap grows 16 MB at a time (not a page at a time: 12 page faults a clip instead of 1),
@@ -32,9 +32,6 @@ def keep_freed_memory() -> bool:
 
     Returns whether the thresholds are set (False where the C library is not glibc: musl, macOS, Windows).
     """
-    global _kept
-    if _kept:
-        return True
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
             return False
@@ -42,6 +39,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _kept = all(mallopt(parameter, value) == 1 for parameter, value in (
+    return all(mallopt(parameter, value) == 1 for parameter, value in (
         (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
-    return _kept
