@@ -3,7 +3,6 @@ the run-directory lock and unwritable output directories."""
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import signal
@@ -13,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from softpool3d.datasets import worker_context
 from softpool3d.engine import builders, cli
 from softpool3d.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softpool3d.engine.config import load_config
@@ -303,7 +303,7 @@ def _hold_lock(run_dir, ready):
 def lock_holder(tmp_path):
     """Another process holding the lock of ``tmp_path / "run"``; SIGKILLed at the end."""
     (tmp_path / "run").mkdir()
-    context = multiprocessing.get_context("forkserver")  # never a fork of this multi-threaded process
+    context = worker_context()  # never a fork of this multi-threaded process, nor a server without its preload
     ready = context.Event()
     holder = context.Process(target=_hold_lock, args=(tmp_path / "run", ready), daemon=True)
     holder.start()
@@ -360,7 +360,7 @@ def _claim_in_child(run_dir, errors):
 
 def test_read_only_output_dir_fails_with_the_directory_named(tmp_path):
     (tmp_path / "read_only").mkdir(mode=0o555)
-    context = multiprocessing.get_context("forkserver")  # never a fork of this multi-threaded process
+    context = worker_context()  # never a fork of this multi-threaded process, nor a server without its preload
     errors = context.Queue()
     child = context.Process(target=_claim_in_child, args=(tmp_path / "read_only" / "run", errors))
     child.start()
