@@ -66,17 +66,19 @@ class ShardSource:
     def size(self, name: str) -> int:
         raise NotImplementedError
 
-    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytearray]:
-        """The bytes of each ``(offset, size)`` range of ``name``, in the order given (writable buffers, which
-        ``torch.frombuffer`` wraps without a copy)."""
-        out = [bytearray()] * len(ranges)
+    def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytearray | memoryview]:
+        """The bytes of each ``(offset, size)`` range of ``name``, in the order given: writable buffers, which
+        ``torch.frombuffer`` wraps without a copy (views of the merged read where :meth:`read_at` gives a
+        ``bytearray``, copies where it gives ``bytes``)."""
+        out: list[bytearray | memoryview] = [bytearray()] * len(ranges)
         for start, end, members in _merged(ranges, self.merge_gap):
             block = memoryview(self.read_at(name, start, end))
             if len(block) != end - start:
                 raise self._truncated(name, start, end, len(block))
             for i in members:
                 offset, size = ranges[i]
-                out[i] = bytearray(block[offset - start : offset - start + size])
+                member = block[offset - start : offset - start + size]
+                out[i] = bytearray(member) if block.readonly else member
         return out
 
     def _truncated(self, name: str, start: int, end: int, got: int) -> ShardReadError:
@@ -127,6 +129,23 @@ class LocalSource(ShardSource):
         self.__init__(state["location"])
 
 
+def _body(response: http.client.HTTPResponse) -> bytearray:
+    """The body of ``response``, read straight into one buffer where the server gave its length (no
+    chunks joined, no second copy); shorter than that length where the connection ended early."""
+    if response.length is None:
+        return bytearray(response.read())
+    body = bytearray(response.length)
+    view, got = memoryview(body), 0
+    while got < len(body):
+        read = response.readinto(view[got:])
+        if not read:
+            break
+        got += read
+    del view
+    del body[got:]
+    return body
+
+
 class HTTPSource(ShardSource):
     """Files under an ``http://`` or ``https://`` URL, read with ``Range`` requests over one
     keep-alive connection per process (the standard library's ``http.client``). A clip's frames up
@@ -148,15 +167,14 @@ class HTTPSource(ShardSource):
             self._connection, self._pid = kind(self._host, timeout=TIMEOUT_S), os.getpid()
         return self._connection
 
-    def _get(self, name: str, headers: dict[str, str], method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    def _get(self, name: str, headers: dict[str, str], method: str = "GET") -> tuple[int, dict[str, str], bytearray]:
         path = urllib.parse.quote(f"{self._base}/{name}")
         for attempt in range(2):  # a keep-alive connection the server closed is reopened once
             connection = self._connect()
             try:
                 connection.request(method, path, headers=headers)
                 response = connection.getresponse()
-                body = response.read()
-                return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, _body(response)
             except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as error:
                 connection.close()
                 self._connection = None
@@ -170,9 +188,9 @@ class HTTPSource(ShardSource):
             raise FileNotFoundError(f"{self.where(name)}: HTTP 404 Not Found")
         if status != 200:
             raise ShardSourceError(f"{self.where(name)}: HTTP {status}")
-        return body
+        return bytes(body)
 
-    def read_at(self, name: str, start: int, end: int) -> bytes:
+    def read_at(self, name: str, start: int, end: int) -> bytearray:
         status, headers, body = self._get(name, {"Range": f"bytes={start}-{end - 1}"})
         if status == 206:
             return body

@@ -6,8 +6,9 @@ of video. ``tools/bench_loader.py --shards --videos-dir DIR`` (``--help`` for th
 The settings take turns item by item (item ``i`` of every setting, then ``i + 1``), so a load that
 drifts on a shared machine weighs on all of them alike. Every item is a training clip (random
 start, scale, crop and flip) through the same :class:`~softpool3d.datasets.ClipDataset` code; only
-the frame source differs. The HTTP server is another process on this machine (its CPU time is not the
-loader's, as with a real server, but it competes for the same cores).
+the frame source differs. The HTTP server is another process on this machine, on the cores the benchmark is
+not pinned to where it is pinned (``taskset -c 1`` leaves it core 0): as a server on another host, its CPU time is
+neither the loader's nor taken from the loader's core.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from softpool3d.benchmarks.range_server import serve_folder
+from softpool3d.benchmarks.range_server import RangeRequestHandler, serve_folder
 from softpool3d.datasets import ShardIndexError, build_dataset, build_shard_dataset
 from softpool3d.datasets import worker_context
 from softpool3d.datasets.clip_dataset import UNREADABLE
@@ -265,9 +265,29 @@ def test_ranges_read_from_disk_and_over_http_are_the_shard_bytes(shards):
     expected = [data[offset : offset + size] for offset, size in ranges]
     assert [bytes(block) for block in open_source(shards).read_ranges(name, ranges)] == expected
     with serve_folder(shards) as url:
-        assert [bytes(block) for block in open_source(url).read_ranges(name, ranges)] == expected
-    with pytest.raises(ShardReadError, match=f"{name} is truncated: bytes {len(data) - 2}-{len(data) + 1} asked for, 2 read"):
-        open_source(shards).read_ranges(name, [(0, 4), (len(data) - 2, 4)])
+        blocks = open_source(url).read_ranges(name, ranges)
+        assert [bytes(block) for block in blocks] == expected
+        assert not any(memoryview(block).readonly for block in blocks)  # torch.frombuffer wraps them as they are
+        past_the_end = [(0, 4), (len(data) - 2, 4)]  # one read a range from disk, one merged Range request
+        for location, read in ((shards, f"bytes {len(data) - 2}-{len(data) + 1} asked for, 2 read"),
+                               (url, f"bytes 0-{len(data) + 1} asked for, {len(data)} read")):
+            with pytest.raises(ShardReadError, match=f"{name} is truncated: {read}"):
+                open_source(location).read_ranges(name, past_the_end)
+
+
+class _HalfBodyHandler(RangeRequestHandler):
+    """Announces a range's full length, sends half of it and closes the connection."""
+
+    def send_range(self, handle, start: int, count: int) -> None:
+        super().send_range(handle, start, count // 2)
+        self.close_connection = True
+
+
+def test_a_connection_that_ends_mid_range_is_a_truncated_read(shards):
+    name = ShardSet(shards).index.shards[0]
+    with serve_folder(shards, _HalfBodyHandler) as url:
+        with pytest.raises(ShardReadError, match=f"{name} is truncated: bytes 0-999 asked for, 500 read"):
+            open_source(url).read_ranges(name, [(0, 1000)])
 
 
 def test_train_transform_cuts_the_decoded_frames_and_a_given_transform_gets_their_stack(shards):
