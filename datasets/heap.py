@@ -1,11 +1,12 @@
-"""Keep a decoding process's freed memory for its next clip instead of handing it back to the kernel.
+"""Keep a decoding worker's freed memory for its next clip instead of handing it back to the kernel.
 
 A clip decoded from JPEG frames allocates a few MB in buffers of 0.1-1 MB (13 decoded X3D-S frames of
 182x428 are 3 MB) and frees them when the clip is done. glibc's malloc gives such buffers their own
 ``mmap`` or returns the top of its heap to the kernel once more than twice its mmap threshold is free,
 so every clip touches fresh pages: about 370 page faults an X3D-S clip, 1.7-2.5 ms of a 10-12 ms clip on this
 project's machine (a virtual machine, where a page fault costs the most). With the thresholds raised the next clip
-reuses the same pages (BENCHMARKS.md, "Frame shards: keeping freed memory").
+reuses the same pages (BENCHMARKS.md, "Frame shards: keeping freed memory"). Shard datasets set it in their
+DataLoader workers only: a process-wide setting is the worker's to make, not that of the program that made the loader.
 """
 from __future__ import annotations
 

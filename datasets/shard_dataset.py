@@ -16,6 +16,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from softpool3d.datasets.annotations import Annotations
@@ -129,9 +130,11 @@ class ShardVideo:
 
     def frame_list(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The uint8 ``(H, W, 3)`` RGB frames at ``indices`` (stored-frame numbers, repeats allowed), one
-        tensor a frame: decode_jpeg's own buffers, uncopied. The first call in a process keeps its freed memory
-        from then on (:func:`~softpool3d.datasets.heap.keep_freed_memory`): a clip's buffers are the last clip's pages."""
-        keep_freed_memory()
+        tensor a frame: decode_jpeg's own buffers, uncopied. The first call in a DataLoader worker keeps the worker's
+        freed memory from then on (:func:`~softpool3d.datasets.heap.keep_freed_memory`): a clip's buffers are the last
+        clip's pages. A process that reads clips itself (``num_workers=0``, a notebook) keeps its allocator as it is."""
+        if get_worker_info() is not None:
+            keep_freed_memory()
         data = self.jpegs(indices)
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB)

@@ -6,9 +6,11 @@ of video. ``tools/bench_loader.py --shards --videos-dir DIR`` (``--help`` for th
 The settings take turns item by item (item ``i`` of every setting, then ``i + 1``), so a load that
 drifts on a shared machine weighs on all of them alike. Every item is a training clip (random
 start, scale, crop and flip) through the same :class:`~softpool3d.datasets.ClipDataset` code; only
-the frame source differs. The HTTP server is another process on this machine, on the cores the benchmark is
-not pinned to where it is pinned (``taskset -c 1`` leaves it core 0): as a server on another host, its CPU time is
-neither the loader's nor taken from the loader's core.
+the frame source differs. The process keeps its freed memory as a shard dataset's DataLoader worker
+does (:func:`~softpool3d.datasets.heap.keep_freed_memory`). The HTTP server is another process on this
+machine, on the cores the benchmark is not pinned to where it is pinned (``taskset -c 1`` leaves it
+core 0): as a server on another host, its CPU time is neither the loader's nor taken from the
+loader's core.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from softpool3d.benchmarks.range_server import serve_folder_in_process
 from softpool3d.datasets import Annotations, ClipDataset, OpenVideo
+from softpool3d.datasets.heap import keep_freed_memory
 from softpool3d.datasets.prepare import find_videos, prepare_videos
 from softpool3d.datasets.prepare_shards import prepare_shards
 from softpool3d.datasets.shard_dataset import ShardDataset, ShardSet
@@ -124,6 +127,7 @@ def compare(videos: list[Path], work: Path, geometry: Geometry, frame_steps: lis
 def run(args: argparse.Namespace) -> int:
     """``tools/bench_loader.py --shards``: the tables for each of ``args.geometries``."""
     torch.set_num_threads(1)
+    keep_freed_memory()  # this process reads clips as a shard dataset's DataLoader worker does
     videos = sorted(p for d in args.videos_dir for p in (d / rel for rel in find_videos(d)))
     if not videos:
         raise SystemExit("--shards needs --videos-dir with videos in it")
