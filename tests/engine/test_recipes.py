@@ -1,13 +1,15 @@
 """Recipes compose: each names its bases and states only what differs, and resolves to exactly the
 values it had before recipes composed (tests/fixtures/resolved_configs, written with the loader of
-that time from the then self-contained files). Bases resolve relative to the file; a missing base
-or a cycle names the file. Names are looked up in the shipped configs from any folder, and the
-allowed names come from the registries."""
+that time from the then self-contained files; since then, custom/r3d_18_finetune normalises as the
+torchvision weights it fine-tunes were trained, no longer with X3D's 0.45/0.225). Bases resolve
+relative to the file; a missing base or a cycle names the file. Names are looked up in the shipped
+configs from any folder, and the allowed names come from the registries."""
 import json
 import re
 from pathlib import Path
 
 import pytest
+import torchvision
 from omegaconf import OmegaConf
 
 from softpool3d import datasets, models
@@ -156,6 +158,13 @@ def test_finetune_recipe_uses_an_ema_and_mixup_or_cutmix():
     assert 0 < cfg.train.ema_decay < 1
     assert cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
     assert cfg.train.mix_prob > 0
+
+
+@pytest.mark.parametrize("recipe", [path for path in RECIPES if path.parent.name == "custom"], ids=snapshot_name)
+def test_finetune_recipes_normalise_as_the_torchvision_weights_they_start_from_were_trained(recipe):
+    cfg = load_config(recipe)
+    preset = torchvision.models.get_model_weights(cfg.model.name.removeprefix("torchvision.")).DEFAULT.transforms()
+    assert (list(cfg.data.mean), list(cfg.data.std)) == (list(preset.mean), list(preset.std))
 
 
 @pytest.mark.parametrize("recipe", [path for path in RECIPES if path.parent.name != "custom"], ids=snapshot_name)
