@@ -10,6 +10,8 @@ clips as on videos (with frame step 1) and resumes bit for bit the same way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -20,10 +22,12 @@ from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from softpool3d.datasets.annotations import Annotations
+from softpool3d.datasets.atomic import atomic_writer
 from softpool3d.datasets.builder import select_split
 from softpool3d.datasets.clip_dataset import ClipDataset
 from softpool3d.datasets.device_decode import JpegClip
 from softpool3d.datasets.heap import keep_freed_memory
+from softpool3d.datasets.index_cache import cache_dir
 from softpool3d.datasets.registry import dataset_format
 from softpool3d.datasets.shard_index import FRAME_ARRAYS, INDEX_NAME, ShardIndex, ShardIndexError, decode_index, map_arrays
 from softpool3d.datasets.shard_source import LocalSource, ShardReadError, ShardSource, open_source
@@ -34,16 +38,36 @@ PathLike = Union[str, Path]
 
 _JPEG_START = b"\xff\xd8"
 
+logger = logging.getLogger(__name__)
+
+
+def _local_copy(data: bytes, where: str) -> str | None:
+    """The path of a local copy of the index ``data`` read from ``where``, written into the index cache folder
+    unless a copy with the same digest is there; None (and a warning) where the folder cannot be written."""
+    path = cache_dir() / f"shard-index-{hashlib.sha256(data).hexdigest()[:32]}.npz"
+    if path.is_file() and path.stat().st_size == len(data):
+        return str(path)
+    try:
+        with atomic_writer(path) as out:
+            out.write(data)
+    except OSError as error:
+        logger.warning("cannot keep a local copy of %s in %s (%s): each process holds the index's frame arrays "
+                       "itself", where, path.parent, error)
+        return None
+    return str(path)
+
 
 class ShardSet:
     """A shard set opened at ``location`` (a folder, or an ``http(s)://`` or fsspec URL): its
     :class:`ShardIndex` and the source its bytes are read from. Each shard's size is checked against
     the index the first time a process reads it.
 
-    In a local folder the index's frame arrays (a byte offset and a size a stored frame: about 1.8 GB
-    for Kinetics-700 at k=1) are memory-mapped from ``index.npz``, and a DataLoader worker is sent the
-    rest of the index and maps them itself, so the processes of a node share one copy in the page cache.
-    From a URL each process holds its own copy."""
+    The index's frame arrays (a byte offset and a size a stored frame: about 1.8 GB for Kinetics-700
+    at k=1) are memory-mapped from a local file, and a DataLoader worker is sent the rest of the index
+    and maps them itself, so the processes of a node share one copy in the page cache. The local file
+    is ``index.npz`` in a local folder; from a URL, a copy of the index written once into the index
+    cache folder (:func:`~softpool3d.datasets.index_cache.cache_dir`, named by a digest of its bytes).
+    Where that folder cannot be written, each process holds its own copy (a warning says so)."""
 
     def __init__(self, location: PathLike) -> None:
         self.location = os.fspath(location)
@@ -55,13 +79,14 @@ class ShardSet:
             raise ShardIndexError(f"no shard index {where}: write one with tools/prepare_videos.py SRC DST "
                                   f"--format shards --dataset NAME") from None
         self.index: ShardIndex = decode_index(data, where)
-        if isinstance(self.source, LocalSource):
+        self.frames_file = where if isinstance(self.source, LocalSource) else _local_copy(data, where)
+        if self.frames_file is not None:
             self.index = dataclasses.replace(self.index, **self._mapped_frames(len(self.index.offset)))
         self._checked: set[int] = set()
 
     def _mapped_frames(self, frames: int) -> dict[str, np.ndarray]:
-        """The frame arrays mapped from the local index file, which must still hold ``frames`` frames."""
-        where = self.source.where(INDEX_NAME)
+        """The frame arrays mapped from :attr:`frames_file`, which must still hold ``frames`` frames."""
+        where = self.frames_file
         mapped = map_arrays(where, FRAME_ARRAYS)
         if any(len(array) != frames for array in mapped.values()):
             raise ShardIndexError(f"{where} was rewritten since the shard set was opened: "
@@ -86,9 +111,10 @@ class ShardSet:
         self._checked.add(shard)
 
     def __getstate__(self) -> dict:
-        if not isinstance(self.source, LocalSource):
-            return {"location": self.location, "source": self.source, "index": self.index, "frames": None}
-        return {"location": self.location, "source": self.source, "frames": len(self.index.offset),
+        state = {"location": self.location, "source": self.source, "frames_file": self.frames_file}
+        if self.frames_file is None:
+            return {**state, "index": self.index, "frames": None}
+        return {**state, "frames": len(self.index.offset),
                 "index": dataclasses.replace(self.index, **dict.fromkeys(FRAME_ARRAYS, np.zeros(0, np.int64)))}
 
     def __setstate__(self, state: dict) -> None:

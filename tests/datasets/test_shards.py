@@ -310,23 +310,31 @@ def test_train_transform_cuts_the_decoded_frames_and_a_given_transform_gets_thei
     assert all(isinstance(frames, torch.Tensor) and frames.shape[0] == 4 and frames.shape[-1] == 3 for frames in seen)
 
 
-def test_a_worker_maps_the_frame_arrays_of_a_local_index_instead_of_receiving_them(shards, tmp_path):
-    """A local shard set's frame arrays are mapped from index.npz, in the process that opens it and in each
-    worker it is pickled to: the pickle leaves them out (it is smaller by their bytes), the worker's arrays
-    equal the file's as numpy reads them; over HTTP the arrays travel in the pickle. An index rewritten
+def test_a_worker_maps_the_frame_arrays_of_the_index_instead_of_receiving_them(shards, tmp_path, monkeypatch, caplog):
+    """A shard set's frame arrays are mapped from a local file (index.npz of a local folder; for a URL, a copy of
+    the index in the index cache folder), in the process that opens it and in each worker it is pickled to: the
+    pickle leaves them out (it is smaller by their bytes), the worker's arrays equal the file's as numpy reads them.
+    Where the cache folder cannot be written, the arrays travel in the pickle, with a warning. An index rewritten
     between the two is refused, naming the file."""
     stored = np.load(shards / "index.npz")
-    shard_set = ShardSet(shards)
-    in_memory = dataclasses.replace(shard_set.index, offset=np.array(stored["offset"]), size=np.array(stored["size"]))
-    assert isinstance(shard_set.index.offset, np.memmap)
     frame_bytes = stored["offset"].nbytes + stored["size"].nbytes
-    assert len(pickle.dumps(in_memory)) - len(pickle.dumps(shard_set)) > frame_bytes - 512
-    worker = pickle.loads(pickle.dumps(shard_set))
-    for name in ("offset", "size"):
-        assert isinstance(getattr(worker.index, name), np.memmap)
-        assert np.array_equal(getattr(worker.index, name), stored[name]) and len(stored[name]) == 768
     with serve_folder(shards) as url:
-        remote = pickle.loads(pickle.dumps(ShardSet(url)))
+        for location in (shards, url):
+            shard_set = ShardSet(location)
+            in_memory = dataclasses.replace(shard_set.index, offset=np.array(stored["offset"]),
+                                            size=np.array(stored["size"]))
+            assert isinstance(shard_set.index.offset, np.memmap)
+            assert len(pickle.dumps(in_memory)) - len(pickle.dumps(shard_set)) > frame_bytes - 512
+            worker = pickle.loads(pickle.dumps(shard_set))
+            for name in ("offset", "size"):
+                assert isinstance(getattr(worker.index, name), np.memmap)
+                assert np.array_equal(getattr(worker.index, name), stored[name]) and len(stored[name]) == 768
+        assert Path(ShardSet(url).frames_file).read_bytes() == (shards / "index.npz").read_bytes()
+        (tmp_path / "file").write_text("x")
+        monkeypatch.setenv("SOFTPOOL3D_CACHE_DIR", str(tmp_path / "file" / "cache"))
+        remote = ShardSet(url)
+        assert "cannot keep a local copy of " + f"{url}/index.npz" in caplog.text
+        remote = pickle.loads(pickle.dumps(remote))
         assert not isinstance(remote.index.offset, np.memmap) and np.array_equal(remote.index.offset, stored["offset"])
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)
