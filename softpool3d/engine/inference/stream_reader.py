@@ -77,7 +77,9 @@ class StreamReader(threading.Thread):
 
     Frames whose short side exceeds ``max_short_side`` are scaled down to it while decoding (the
     model's test scale: what the clip transform would resize them to anyway). ``on_frame`` is called
-    with every frame (e.g. to render). Events go to :attr:`events`, a queue.
+    with every frame (e.g. to render). Events go to :attr:`events`, a queue. ``paced`` (default: for
+    files, not for live sources) plays the source at its frame rate: frame i arrives no sooner than its
+    time in the stream after frame 0 arrived.
     """
 
     def __init__(self, source: str, keep_seconds: float, stall_timeout: float = 10.0, reconnects: int = 3,
@@ -193,21 +195,24 @@ class StreamReader(threading.Thread):
             stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             self.fps = self.fps or (float(rate) if rate else None)
-            first_time, started = None, 0.0
+            first_time: Optional[float] = None
+            started: Optional[float] = None  # the arrival of the first frame: the others are paced from it
             try:
                 for frame in container.decode(stream):
                     if self._stopping.is_set():
                         return False, "stopped"
                     seconds = frame.time if frame.time is not None else self.frames_decoded / (self.fps or 25.0)
                     if first_time is None:
-                        first_time, started = seconds, time.monotonic()
+                        first_time = seconds
                     stream_time = offset + seconds - first_time
-                    if self.paced:
+                    if self.paced and started is not None:
                         delay = started + (seconds - first_time) - time.monotonic()
                         if delay > 0:
                             self._stopping.wait(delay)
                     pixels = self._pixels(frame)
-                    self._push(Frame(self.frames_decoded, stream_time, time.monotonic(), pixels))
+                    arrival = time.monotonic()
+                    started = arrival if started is None else started
+                    self._push(Frame(self.frames_decoded, stream_time, arrival, pixels))
                     self.frames_decoded += 1
             except (av.FFmpegError, OSError) as error:
                 if is_live(self.source) or self.frames_decoded == 0:
