@@ -24,6 +24,14 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 TOP_PAD = 16 * 1024 * 1024
 
 
+def is_glibc() -> bool:
+    """Whether this process's C library is glibc (whose ``mallopt``, ``malloc_trim`` and ``mallinfo2`` this uses)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or not this name (musl, macOS)
+        return False
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's malloc thresholds in this process, once: buffers up to 16 MB come from the heap (not a
@@ -33,10 +41,7 @@ def keep_freed_memory() -> bool:
 
     Returns whether the thresholds are set (False where the C library is not glibc: musl, macOS, Windows).
     """
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return False
-    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or not this name (musl, macOS)
+    if not is_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from softpool3d.benchmarks.index import worker_private_mb
 from softpool3d.benchmarks.synthetic_layout import write_kinetics_layout
 from softpool3d.datasets import Annotations, ClipDataset, LabelList, PathList, load_annotations
+from softpool3d.datasets.heap import is_glibc
 
 
 def _live_rss_mb() -> float:
@@ -24,13 +24,6 @@ def _live_rss_mb() -> float:
     ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/status") as handle:
         return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
-
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 def test_path_list_indexes_like_a_list_of_paths(tmp_path):
@@ -58,7 +51,7 @@ def test_clip_dataset_keeps_the_compact_storage(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _glibc(), reason="reads live memory with glibc's malloc_trim")
+@pytest.mark.skipif(not is_glibc(), reason="reads live memory with glibc's malloc_trim")
 def test_index_of_three_hundred_thousand_rows(tmp_path, caplog):
     """Kinetics layout with 300,000 training rows, of which the videos of 2% are on disk (creating
     files is slow here; the rest are reported missing). Time is printed, not asserted. Memory is

@@ -3,7 +3,6 @@ clip's size come from the heap and stay there when freed, so the next clip reuse
 faulting in fresh ones. Read from glibc's own accounting (mallinfo2) in the worker. A process that reads clips
 itself keeps its allocator as it is."""
 import ctypes
-import os
 
 import pytest
 from torch.utils.data import DataLoader, Dataset
@@ -11,17 +10,10 @@ from torch.utils.data import DataLoader, Dataset
 import softpool3d.datasets.shard_dataset as shard_dataset
 from softpool3d.benchmarks.loader import write_videos
 from softpool3d.datasets import Annotations, worker_context
+from softpool3d.datasets.heap import is_glibc
 from softpool3d.datasets.prepare_shards import prepare_shards
 
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _glibc(), reason="mallopt is glibc's")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not is_glibc(), reason="mallopt is glibc's")]
 
 VIDEOS = ["class0/video000.mp4", "class1/video001.mp4"]
 
