@@ -182,13 +182,13 @@ class HTTPSource(ShardSource):
                     raise ShardSourceError(f"{self.where(name)} does not answer: {type(error).__name__}: {error}") from None
         raise AssertionError("unreachable")
 
-    def read_file(self, name: str) -> bytes:
+    def read_file(self, name: str) -> bytearray:
         status, _, body = self._get(name, {})
         if status == 404:
             raise FileNotFoundError(f"{self.where(name)}: HTTP 404 Not Found")
         if status != 200:
             raise ShardSourceError(f"{self.where(name)}: HTTP {status}")
-        return bytes(body)
+        return body  # the response's own buffer: a large index is not copied
 
     def read_at(self, name: str, start: int, end: int) -> bytearray:
         status, headers, body = self._get(name, {"Range": f"bytes={start}-{end - 1}"})
