@@ -1,6 +1,7 @@
 """Shared fixtures: a demo video set generated once per test session."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -9,17 +10,91 @@ from typing import Iterator
 
 import build_race
 import pytest
+import torch
 
 from softpool3d.datasets import make_demo_dataset
+
+
+def _share_the_cores_under_xdist() -> None:
+    """Under pytest-xdist, torch in each of its processes, and in the processes their tests start, runs
+    on that process's share of the cores (``OMP_NUM_THREADS``), unless the user set a thread count. At
+    torch's default, a thread a core in each process, two processes on two cores keep four threads busy,
+    and a thread that waits for a descheduled sibling spins: the model tests took three times the CPU."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "PYTEST_XDIST_WORKER" not in os.environ or workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+_share_the_cores_under_xdist()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist (``-n 2``, as CI runs), each test module runs whole in one process, so that
-    its module fixtures (a reference training run, a SLURM cluster) are made once."""
+    its module fixtures (a reference training run, a SLURM cluster) are made once. The modules are
+    handed out in the order :func:`pytest_collection_modifyitems` leaves them (xdist's own order, most
+    tests first, would leave the few-test modules of long subprocess runs and compiles for the end, where
+    one process runs them while the other has nothing left)."""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False
     return LoadScopeScheduling(config, log)
+
+
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
+"""Each test module's seconds (setup, call and teardown of its tests) in a full ``pytest -n 2`` run, as
+``--record-module-seconds`` writes them: the order in which the modules are handed out. Only the order
+depends on it; a module it does not name counts as a second a test."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-module-seconds", action="store_true",
+                     help=f"write each module's seconds in this run into {MODULE_SECONDS.name} (merged with the "
+                          "modules this run left out), which orders the modules under pytest-xdist")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the modules by their recorded seconds, longest first (each keeps its own order), so that
+    pytest-xdist's processes end together: the short modules at the end fill in around the long ones."""
+    recorded = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+    seconds: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for position, item in enumerate(items):
+        module = _module(item.nodeid)
+        first.setdefault(module, position)
+        seconds[module] = recorded[module] if module in recorded else seconds.get(module, 0.0) + 1.0
+    items.sort(key=lambda item: (-seconds[_module(item.nodeid)], first[_module(item.nodeid)]))
+
+
+class ModuleSeconds:
+    """Adds up each module's test durations as their reports arrive (in pytest-xdist's controller, from
+    both processes) and writes them into :data:`MODULE_SECONDS` when the session ends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        module = _module(report.nodeid)
+        self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        recorded = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+        merged = {**recorded, **{module: round(total, 1) for module, total in self.seconds.items()}}
+        kept = {module: merged[module] for module in sorted(merged) if (self.root / module).exists()}
+        MODULE_SECONDS.write_text(json.dumps(kept, indent=1) + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--record-module-seconds") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(ModuleSeconds(config.rootpath), "module-seconds")
 
 
 def _selects_the_build_race_test(config: pytest.Config) -> bool:
