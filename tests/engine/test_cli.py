@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from log_records import recorded_logs
 
 from softpool3d.engine import cli
 from softpool3d.engine.processes import amp
@@ -153,28 +154,11 @@ def bad_run(bad_root, tmp_path_factory):
     probe says "no native bf16" on every machine, so ``train.amp=auto`` trains in float32."""
     root, _ = bad_root
     output = tmp_path_factory.mktemp("badrun")
-    handler, logger = _Records(), logging.getLogger()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(amp, "cpu_has_native_bf16", lambda: False)
-            code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
-                                       "train.amp=auto"))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return code, output / "run", handler.messages
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append((record.levelno, record.getMessage()))
+    with recorded_logs() as messages, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+        code = cli.train_main(tiny(root, output, "run", "data.max_bad_fraction=0.2", "data.num_workers=2",
+                                   "train.amp=auto"))
+    return code, output / "run", messages
 
 
 def test_bad_val_and_test_videos_are_reported_once_and_left_out(bad_root, bad_run):

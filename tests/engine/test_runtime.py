@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from log_records import recorded_logs
 
 from softpool3d.datasets import DEMO_CLASSES
 from softpool3d.engine import cli
@@ -24,32 +25,14 @@ def checkpoint(make_checkpoint):
     return make_checkpoint("r3d_18", CLASSES, "model.width=4")
 
 
-class Messages(logging.Handler):
-    """The messages of the records it handles, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def dynamic_export(checkpoint, tmp_path_factory):
-    """``softpool3d-export --dynamic`` of the checkpoint, once for the module: the .onnx file and what the
-    export logged (exporting takes seconds)."""
+    """``softpool3d-export --dynamic`` of the checkpoint, once for the module: the .onnx file and the messages
+    the export logged (exporting takes seconds)."""
     path = tmp_path_factory.mktemp("onnx") / "dynamic.onnx"
-    handler, logger = Messages(), logging.getLogger(export.__name__)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with recorded_logs(export.__name__) as records:
         assert cli.export_main([str(checkpoint), "--format", "onnx", "--dynamic", "--out", str(path)]) == 0
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return path, handler.messages
+    return path, [message for _, message in records]
 
 
 @pytest.fixture(scope="module")
