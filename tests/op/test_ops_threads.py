@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_ops import formula, sample
 from test_ops_adaptive import loop_reference
+from test_ops_per_index import PerIndex
 
 import softpool3d
 from softpool3d import extension
@@ -80,17 +81,4 @@ def test_adaptive_kernel_at_four_threads_equals_one_thread_and_the_formula():
 def test_per_index_bodies_at_four_threads_equal_one_thread_and_the_formula(pool):
     shape, *args = POOLS[pool]
     module = extension.for_device(torch.device("cpu"))
-
-    class PerIndex(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            y = module.forward(x, *args, False, True)
-            ctx.save_for_backward(x, y)
-            return y
-
-        @staticmethod
-        def backward(ctx, grad):
-            x, y = ctx.saved_tensors
-            return module.backward(grad.contiguous(), x, y, *args, False, True)
-
-    _check(PerIndex.apply, lambda x: formula(x, *args), sample(shape))
+    _check(lambda x: PerIndex.apply(x, module, (*args, False, True)), lambda x: formula(x, *args), sample(shape))
