@@ -11,8 +11,9 @@ from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from typing import Optional
 
-# What the fork server imports once, so that each worker it forks starts with them loaded.
-_PRELOAD = ["__main__", "softpool3d.datasets", "softpool3d.datasets.forkserver_signals"]
+# What the fork server imports once, so that each worker it forks starts with them loaded; the server's
+# set-up (worker_server, which freezes what the others made) last.
+_PRELOAD = ["__main__", "softpool3d.datasets", "softpool3d.datasets.worker_server"]
 
 # Signals a cluster or a terminal sends to a job's whole process group; the process that trains
 # acts on them (a checkpoint, then exit), its DataLoader workers keep serving it until then.

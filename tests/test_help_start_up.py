@@ -1,6 +1,9 @@
 """``--help`` of every console script and every tools/*.py answers without importing torch (the
-arguments are parsed first, the package imported after), so it answers at once."""
+arguments are parsed first, the package imported after), so it answers at once; a command then makes
+the engine's imports with the garbage collector paused and freezes what they created
+(softpool3d/startup.py)."""
 import configparser
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +61,38 @@ def test_the_probe_sees_torch_when_a_script_imports_it(tmp_path):
     script.write_text("import argparse, torch\nargparse.ArgumentParser().parse_args()\n")
     output = help_output(f"runpy.run_path({str(script)!r}, run_name='__main__')", "eager.py")
     assert output.rstrip().endswith("torch imported: True")
+
+
+GC_PROBE = """
+import gc, json, sys
+{call}
+print(json.dumps({{"torch": "torch" in sys.modules, "full_collections": gc.get_stats()[2]["collections"],
+                  "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}}))
+"""
+
+
+def gc_after(call: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", GC_PROBE.format(call=call)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_command_imports_the_engine_without_collecting_and_freezes_it(tmp_path):
+    """``softpool3d-test`` on a missing checkpoint (a user error, exit 2, after the engine's imports):
+    no full collection ran while torch and the engine were imported, everything they made is in the
+    collector's permanent generation, and the collector is on again for the job."""
+    call = (f"from softpool3d.engine.cli import test_main\n"
+            f"assert test_main([{str(tmp_path / 'missing.pt')!r}]) == 2")
+    state = gc_after(call)
+    assert state["torch"] and state["enabled"]
+    assert state["full_collections"] == 0
+    assert state["frozen"] > 100_000
+
+
+def test_the_gc_probe_sees_the_collections_of_imports_made_as_usual():
+    """The check can fail: the same imports with the collector on run full collections and freeze nothing."""
+    state = gc_after("from softpool3d.engine.cli import user_errors\nuser_errors()")
+    assert state["torch"] and state["enabled"]
+    assert state["full_collections"] > 0
+    assert state["frozen"] == 0

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # where each installed package lives in the checkout (setup.cfg package_dir)
 PACKAGE_DIRS = {"softpool3d": ROOT / "softpool3d", "softpool3d.models": ROOT / "models",
                 "softpool3d.datasets": ROOT / "datasets"}
-OP = {"softpool3d", "softpool3d.ops", "softpool3d.extension", "softpool3d.exportable", "softpool3d.replace"}
+OP = {"softpool3d", "softpool3d.ops", "softpool3d.extension", "softpool3d.exportable", "softpool3d.replace",
+      "softpool3d.startup"}
 # which layers each layer may import (besides the standard library and third-party packages)
 ALLOWED = {
     "op": {"op"},

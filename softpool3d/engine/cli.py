@@ -19,6 +19,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from softpool3d.engine.export_formats import EXPORT_FORMATS
+from softpool3d.startup import imports_frozen
 
 logger = logging.getLogger("softpool3d")
 
@@ -70,8 +71,12 @@ def _debug_requested(args: argparse.Namespace) -> bool:
 
 
 def _run_reporting_user_errors(job: Callable[[], int], debug: bool) -> int:
-    """``job()``, with a user error turned into one ``ERROR`` line and exit code 2 (re-raised with ``debug``)."""
-    errors = user_errors()
+    """``job()``, with a user error turned into one ``ERROR`` line and exit code 2 (re-raised with ``debug``).
+
+    The engine's imports (torch's among them, through :func:`user_errors`) are made first, with the
+    garbage collector paused and what they create frozen (:func:`~softpool3d.startup.imports_frozen`)."""
+    with imports_frozen():
+        errors = user_errors()
     try:
         return job()
     except errors as error:

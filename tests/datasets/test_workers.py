@@ -85,7 +85,7 @@ def test_workers_end_with_a_main_process_killed_outright(tmp_path):
 
 
 _EARLY_SERVER = """
-import json, os, sys
+import gc, json, os, sys
 
 class Seen:  # a map-style dataset; this script imports torch only under __main__, so not in the fork server
     def __len__(self):
@@ -93,7 +93,9 @@ class Seen:  # a map-style dataset; this script imports torch only under __main_
 
     def __getitem__(self, index):
         with open(f"/proc/{os.getppid()}/maps") as maps:
-            return json.dumps({"parent": os.getppid(), "parent_has_torch": "libtorch" in maps.read()})
+            parent_has_torch = "libtorch" in maps.read()
+        return json.dumps({"parent": os.getppid(), "parent_has_torch": parent_has_torch, "gc_enabled": gc.isenabled(),
+                           "frozen": gc.get_freeze_count()})
 
 if __name__ == "__main__":
     from multiprocessing import forkserver
@@ -107,15 +109,30 @@ if __name__ == "__main__":
 """
 
 
-def test_an_early_worker_server_holds_torch_and_forks_the_workers(tmp_path):
-    """``start_worker_server`` starts the fork server before any loader; a loader's worker is then
-    forked from that server, which had imported torch (the preload) before it forked the worker, so
-    the worker inherits torch instead of importing it again."""
-    script = tmp_path / "main.py"
+@pytest.fixture(scope="module")
+def early_server_worker(tmp_path_factory):
+    """What a loader's worker saw, in a main process that started the fork server early."""
+    script = tmp_path_factory.mktemp("early_server") / "main.py"
     script.write_text(_EARLY_SERVER)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_an_early_worker_server_holds_torch_and_forks_the_workers(early_server_worker):
+    """``start_worker_server`` starts the fork server before any loader; a loader's worker is then
+    forked from that server, which had imported torch (the preload) before it forked the worker, so
+    the worker inherits torch instead of importing it again."""
+    seen = early_server_worker
     assert seen["server"] is not None
     assert seen["parent"] == seen["server"]
     assert seen["parent_has_torch"]
+
+
+def test_the_worker_server_freezes_its_imports_and_its_workers_inherit_them_frozen(early_server_worker):
+    """The fork server froze what its imports (torch, the datasets) made, the collector still on: a
+    worker (no ``worker_init_fn`` here) starts with the server's objects in the collector's permanent
+    generation and its collector on."""
+    seen = early_server_worker
+    assert seen["parent_has_torch"] and seen["gc_enabled"]
+    assert seen["frozen"] > 100_000
