@@ -19,7 +19,9 @@ links, named like Kinetics' files, to the demo videos of ``--root`` (written onc
 installed in its own virtual environment, and this one), taking turns (the first of one repeat
 is the last of the next), each after an
 untimed process that writes its index cache. Reported: seconds from the launch to rank 0's first
-training step (TensorBoard's wall time of ``train/loss`` at step 1), and the peak over time of the
+training step (TensorBoard's wall time of ``train/loss`` at step 1), the seconds from the launch to
+the exit of the whole tree and its CPU seconds (user + system of every process, each one's exit
+included: this process adopts and reaps the fork servers that outlive their ranks), and the peak over time of the
 summed RSS, PSS and USS (``Private_*``) of the whole process tree (torchrun's agent, ranks, fork
 servers, workers) and of the USS of the workers alone (the fork servers' children), sampled every
 0.1 s from ``/proc/PID/smaps_rollup``.
@@ -31,8 +33,10 @@ servers, workers) and of the USS of the workers alone (the fork servers' childre
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -209,17 +213,43 @@ def measure_training(python: str, root: Path, ranks: int, workers: int, steps: i
                f"train.limit_steps_per_epoch={steps}", "train.val_every=1000", "train.test_after_train=false",
                f"output_dir={output}", f"name={name}"]
     load = os.getloadavg()[0]
+    cpu_before = _children_cpu_s()
     launched = time.time()
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=output)
     peak = TreePeak()
     while job.poll() is None:
         peak.sample(job.pid)
         time.sleep(0.1)
+    _reap_orphans()
+    ended = time.time()
     if job.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed with status {job.returncode}:\n{job.stderr.read()[-3000:]}")
-    return {"first_step_s": _first_step_wall_time(output / name) - launched, "rss_mb": peak.rss, "pss_mb": peak.pss,
+    return {"first_step_s": _first_step_wall_time(output / name) - launched, "job_s": ended - launched,
+            "cpu_s": _children_cpu_s() - cpu_before, "rss_mb": peak.rss, "pss_mb": peak.pss,
             "uss_mb": peak.uss, "workers_uss_mb": peak.workers_uss, "processes": peak.processes,
             "load": f"{load:.1f}-{os.getloadavg()[0]:.1f}"}
+
+
+def _children_cpu_s() -> float:
+    """User + system seconds of every descendant this process has reaped."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _adopt_orphans() -> None:
+    """Make this process the reaper of its descendants' orphans (Linux's ``PR_SET_CHILD_SUBREAPER``): a
+    fork server outlives the rank that started it by its own exit, which a job's CPU must include."""
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _reap_orphans() -> None:
+    """Wait for every remaining descendant (orphans adopted by :func:`_adopt_orphans`)."""
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
 
 
 def run_training(args: argparse.Namespace) -> None:
@@ -231,17 +261,19 @@ def run_training(args: argparse.Namespace) -> None:
     envs = {label: {**os.environ, "SOFTPOOL3D_CACHE_DIR": str(output / f"cache-{label}")} for label in pythons}
     for label, python in pythons.items():
         subprocess.run([python, "-c", _WARM, str(root)], check=True, env=envs[label], cwd=output)
+    _adopt_orphans()
     print(f"\n{args.rows} training rows ({root}), {args.workers} workers a rank, {args.steps} steps")
-    print("| code | ranks | to first step (s) | peak tree RSS (MB) | peak tree PSS (MB) | peak tree USS (MB) "
-          "| peak workers' USS (MB) | processes | load (1 min) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| code | ranks | to first step (s) | job, launch to exit (s) | tree CPU (s) | peak tree RSS (MB) "
+          "| peak tree PSS (MB) | peak tree USS (MB) | peak workers' USS (MB) | processes | load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for repeat in range(args.repeats):
         for ranks in args.ranks:
             turns = list(pythons.items())
             for label, python in turns if repeat % 2 == 0 else turns[::-1]:  # each code first in turn
                 result = measure_training(python, root, ranks, args.workers, args.steps, output,
                                           f"{label}-{ranks}-{repeat}", envs[label])
-                print(f"| {label} | {ranks} | {result['first_step_s']:.2f} | {result['rss_mb']:.0f} | "
+                print(f"| {label} | {ranks} | {result['first_step_s']:.2f} | {result['job_s']:.2f} | "
+                      f"{result['cpu_s']:.1f} | {result['rss_mb']:.0f} | "
                       f"{result['pss_mb']:.0f} | {result['uss_mb']:.0f} | {result['workers_uss_mb']:.0f} | "
                       f"{result['processes']} | {result['load']} |",
                       flush=True)

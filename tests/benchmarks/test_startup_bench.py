@@ -1,12 +1,14 @@
 """What the start-up benchmark counts: every process of a tree (children of any thread, workers of a fork
-server) and the many-row set it trains on."""
+server), the CPU of a job's processes to their ends, and the many-row set it trains on."""
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 
+import pytest
 from torch.utils.data import DataLoader
 
 from softpool3d.benchmarks.startup import _forked_by_server, _tree, write_rows_set
@@ -55,3 +57,26 @@ def test_the_many_row_set_links_each_row_to_a_video_of_its_class(tmp_path):
         assert path.read_text().split()[0] == path.parent.name  # a hard link to a video of its own class
     assert sorted(path.parent.name for path in root.glob("val/*/*.mp4")) == ["Grow", "Shrink"]
     assert write_rows_set(demo, 5) == root
+
+
+_ORPHAN_CPU = """
+import subprocess, sys
+from softpool3d.benchmarks.startup import _adopt_orphans, _children_cpu_s, _reap_orphans
+if sys.argv[1] == "adopt":
+    _adopt_orphans()
+busy = "import time; end = time.process_time() + 1.0\\nwhile time.process_time() < end: pass"
+subprocess.run(["bash", "-c", f'"{sys.executable}" -c "$0" &', busy], check=True)  # bash ends, its child runs on
+_reap_orphans()
+print(_children_cpu_s())
+"""
+
+
+@pytest.mark.parametrize("adopt", [True, False], ids=["adopted", "left-to-init"])
+def test_a_jobs_cpu_includes_the_processes_that_outlive_it(adopt):
+    """The train part's tree CPU counts a process orphaned by its parent (as a fork server outlives its rank)
+    to its end: a second of CPU burnt by an orphan is counted when adopted, missed when left to init."""
+    done = subprocess.run([sys.executable, "-c", _ORPHAN_CPU, "adopt" if adopt else "no"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    cpu = float(done.stdout.strip().splitlines()[-1])
+    assert cpu >= 0.9 if adopt else cpu < 0.5
