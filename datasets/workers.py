@@ -63,10 +63,12 @@ def freeze_inherited_objects(worker_id: int) -> None:
     let go of the fork server's liveness pipe, and ignore SIGTERM, SIGINT and SIGUSR1.
 
     A forked worker shares the parent's memory until it writes to it, and a full collection
-    writes to the header of every tracked object it walks, so without this each worker ends
-    up with a private copy of every page holding one: about 85 MB after importing torch alone
-    (PyTorch issue 13246). Frozen objects are never walked; they are still freed when their
-    reference count drops to zero.
+    writes to the header of every tracked object it walks, so an unfrozen parent leaves each
+    worker with a private copy of every page holding one: about 85 MB after importing torch alone
+    (PyTorch issue 13246). The fork server already froze its imports
+    (:mod:`softpool3d.datasets.worker_server`); this freezes what it made after them, and a parent
+    started otherwise (``spawn`` where there is no fork server). Frozen objects are never walked;
+    they are still freed when their reference count drops to zero.
 
     A child of the fork server holds the write end of the pipe by which the server learns that the
     process it serves has ended. DataLoader workers exit when their parent does, and their parent
